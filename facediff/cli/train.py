@@ -1,0 +1,85 @@
+"""facediff-train: build the parts from the config, train, checkpoint, resume."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from facediff.config import register_resolvers
+from facediff.lit.callbacks import AtomicCheckpointIO
+
+log = logging.getLogger("facediff.train")
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate the configured loggers; W&B resumes the run of `ckpt_path` and falls back
+    to offline when online logging cannot start."""
+    loggers = []
+    for name, lg_cfg in (cfg.get("logger") or {}).items():
+        lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
+        if "WandbLogger" in lg_cfg.get("_target_", ""):
+            from facediff.lit.wandb import wandb_logger
+
+            loggers.append(wandb_logger(lg_cfg, cfg.get("ckpt_path")))
+        else:
+            loggers.append(instantiate(lg_cfg))
+    return loggers
+
+
+def build(cfg: DictConfig):
+    """(datamodule, model) from a composed config, checked against each other."""
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    requires = set(getattr(model, "requires", set()))
+    datamodule.require_masks = "mask" in requires
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model.data_info = {
+        "attr_names": datamodule.attr_names,
+        "has_masks": datamodule.has_masks,
+        "resolution": datamodule.resolution,
+        "root": str(datamodule.root),
+    }
+    model.build_config = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, model
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train as configured; returns the final logged metrics."""
+    register_resolvers()
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+    datamodule, model = build(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False,
+                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()])  # fmt: skip
+    log.info("trainable parameters: %.2f M", model.num_parameters() / 1e6)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        for lg in trainer.loggers:
+            if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
+                import wandb
+
+                wandb.finish(exit_code=0 if trainer.state.status.value == "finished" else 1)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("done: %s", metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

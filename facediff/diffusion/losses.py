@@ -1,0 +1,101 @@
+"""Diffusion losses: per-sample MSE, SNR weightings and extra terms, as config options."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facediff.data.labels import MASK_CLASSES
+from facediff.models.conditioning import info_nce
+
+
+def snr_from_alphas(alphas_cumprod: Tensor) -> Tensor:
+    """SNR(t) = alpha_bar_t / (1 - alpha_bar_t)."""
+    return alphas_cumprod / (1 - alphas_cumprod)
+
+
+class NoWeighting(nn.Module):
+    """Weight 1: the plain epsilon loss (the same as P2 with gamma = 0)."""
+
+    def forward(self, snr: Tensor, prediction_type: str = "epsilon") -> Tensor:
+        return torch.ones_like(snr)
+
+
+class P2Weighting(nn.Module):
+    """P2 weighting, Choi et al. 2022 (arXiv 2204.00227): w(t) = 1 / (k + SNR(t))^gamma.
+
+    Not normalised, as in the P2 authors' code; gamma = 0 gives weight 1.
+    """
+
+    def __init__(self, gamma: float = 0.5, k: float = 1.0):
+        super().__init__()
+        if gamma < 0 or k <= 0:
+            raise ValueError(f"loss.weighting: need gamma >= 0 and k > 0, got {gamma}, {k}")
+        self.gamma, self.k = gamma, k
+
+    def forward(self, snr: Tensor, prediction_type: str = "epsilon") -> Tensor:
+        return (self.k + snr) ** -self.gamma
+
+
+class MinSNRWeighting(nn.Module):
+    """Min-SNR-gamma, Hang et al. 2023 (arXiv 2303.09556), expressed for the prediction type:
+    min(snr, g) / snr for epsilon, min(snr, g) / (snr + 1) for v."""
+
+    def __init__(self, gamma: float = 5.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, snr: Tensor, prediction_type: str = "epsilon") -> Tensor:
+        clipped = snr.clamp(max=self.gamma)
+        return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+class DiffusionLoss(nn.Module):
+    """Per-sample loss = w(t) * mean((pred - target)^2) + optional terms.
+
+    Args:
+        weighting: NoWeighting, P2Weighting or MinSNRWeighting.
+        region_weight: MCLD-style region term (METHODS.md Sec. 4): adds
+            region_weight * w(t) * mean(m * (pred - target)^2), m the `region_classes` of the mask
+            at latent size (eyes, brows, lips and mouth by default).
+        infonce_weight: InfoNCE on the attribute embeddings (METHODS.md Sec. 2), with `tau`
+            and positive `threshold`; needs `attr_embeddings` in `extras`.
+    """
+
+    def __init__(self, weighting: nn.Module | None = None, region_weight: float = 0.0,
+                 region_classes: tuple[str, ...] = ("l_eye", "r_eye", "l_brow", "r_brow",
+                                                    "mouth", "u_lip", "l_lip"),
+                 infonce_weight: float = 0.0, tau: float = 0.07, threshold: float = 0.8):  # fmt: skip
+        super().__init__()
+        self.weighting = weighting or NoWeighting()
+        unknown = [c for c in region_classes if c not in MASK_CLASSES]
+        if unknown:
+            raise ValueError(f"loss.region_classes: unknown {unknown}; valid: {list(MASK_CLASSES)}")
+        self.region_weight, self.region_ids = region_weight, [MASK_CLASSES.index(c) for c in region_classes]
+        self.infonce_weight, self.tau, self.threshold = infonce_weight, tau, threshold
+
+    @property
+    def requires(self) -> set[str]:
+        return {"mask"} if self.region_weight else set()
+
+    def forward(self, pred: Tensor, target: Tensor, snr: Tensor, batch: dict,
+                prediction_type: str = "epsilon", extras: dict | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """Returns {"loss": (B,) per-sample total, and each term (B,) or scalar for logging}."""
+        w = self.weighting(snr.float(), prediction_type)  # (B,)
+        se = (pred.float() - target.float()) ** 2  # (B, C, h, w)
+        terms = {"mse": se.mean((1, 2, 3))}
+        loss = w * terms["mse"]
+        if self.region_weight:
+            m = torch.isin(batch["mask"], torch.tensor(self.region_ids, device=se.device))
+            m = F.interpolate(m[:, None].float(), size=se.shape[-2:], mode="area")  # (B, 1, h, w)
+            terms["region"] = (se * m).mean((1, 2, 3))
+            loss = loss + self.region_weight * w * terms["region"]
+        if self.infonce_weight:
+            emb = (extras or {}).get("attr_embeddings")
+            if emb is None:
+                raise ValueError("loss.infonce_weight > 0 needs an attribute encoder ('attrs')")
+            terms["infonce"] = info_nce(emb, batch["attrs"], self.tau, self.threshold)
+            loss = loss + self.infonce_weight * terms["infonce"]
+        terms["loss"] = loss
+        return terms

@@ -1,0 +1,133 @@
+"""Callbacks and plugins: sample grids, graceful interruption, atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.utils.data import default_collate
+
+from facediff.visualize import colorize, grid, save_png, to_uint8
+
+log = logging.getLogger(__name__)
+
+
+def condition_batch(datamodule, split: str, count: int) -> dict:
+    """The first `count` items of a split, collated: fixed conditions for grids and metrics."""
+    ds = datamodule.dataset(split)
+    return default_collate([ds[i] for i in range(min(count, len(ds)))])
+
+
+def repeat_batch(batch: dict, times: int) -> dict:
+    """Each condition `times` times in a row (B*times items)."""
+    return {k: v.repeat_interleave(times, 0) for k, v in batch.items()}
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class SampleGrid(L.Callback):
+    """Every `every_n_steps` (and at the end), sample with the EMA weights for fixed validation
+    conditions and fixed seeds; each row: the real image, its mask, then the samples.
+    Written to `<run>/samples/step_XXXXXX.png` and logged to W&B when it is a logger."""
+
+    def __init__(self, every_n_steps: int = 500, num_conditions: int = 6,
+                 samples_per_condition: int = 4, num_steps: int | None = None, seed: int = 0,
+                 upscale: int = 2):  # fmt: skip
+        self.every_n_steps, self.num_conditions = every_n_steps, num_conditions
+        self.samples_per_condition, self.num_steps, self.seed = samples_per_condition, num_steps, seed
+        self.upscale = upscale
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
+            self.write(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write(trainer, pl_module)
+
+    @torch.no_grad()
+    def write(self, trainer, pl_module) -> Path | None:
+        if trainer.datamodule is None or not trainer.is_global_zero or trainer.fast_dev_run:
+            return None
+        cond = condition_batch(trainer.datamodule, "val", self.num_conditions)
+        k = self.samples_per_condition
+        was_training = pl_module.training
+        pl_module.eval()
+        pl_module.swap_ema(True)
+        try:
+            batch = to_device(repeat_batch(cond, k), pl_module.device)
+            kwargs = {"num_steps": self.num_steps} if self.num_steps else {}
+            images = to_uint8(pl_module.generate(batch, seed=self.seed, **kwargs))
+        finally:
+            pl_module.swap_ema(False)
+            pl_module.train(was_training)
+        real = to_uint8(cond["image"])
+        rows = []
+        for i in range(len(real)):
+            row = [real[i]] + ([colorize(cond["mask"][i])] if "mask" in cond else [])
+            rows.append(row + list(images[i * k : (i + 1) * k]))
+        root = Path(trainer.default_root_dir)
+        path = save_png(grid(rows), root / "samples" / f"step_{trainer.global_step:06d}.png",
+                        self.upscale)  # fmt: skip
+        for lg in trainer.loggers:
+            if isinstance(lg, L.pytorch.loggers.WandbLogger):
+                lg.log_image("samples", [str(path)], step=trainer.global_step)
+        log.info("sample grid: %s", path)
+        return path
+
+
+class GracefulInterrupt(L.Callback):
+    """SIGTERM or SIGINT: finish the current step, write `<dirpath>/last.ckpt`, stop cleanly.
+
+    A second signal is left to the default handler (an immediate stop)."""
+
+    def __init__(self, dirpath: str, signals: tuple[str, ...] = ("SIGTERM", "SIGINT")):
+        self.dirpath, self.signals = Path(dirpath), signals
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+        for name, prev in self._previous.items():  # a second signal acts at once
+            signal.signal(getattr(signal, name), prev)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            for name in self.signals:
+                sig = getattr(signal, name)
+                self._previous[name] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received:
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path)
+            log.warning("%s received: checkpoint written to %s; stopping", self.received, path)
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        for name, prev in self._previous.items():
+            signal.signal(getattr(signal, name), prev)
+        self._previous = {}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to `<path>.tmp`, fsyncs it and renames it over `<path>`: a kill in
+    the middle of a save leaves the previous file whole."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,241 @@
+"""LatentDiffusion: the LightningModule that wires first stage, conditioner and denoiser."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+from torch import Tensor, nn
+
+from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas
+from facediff.diffusion.sampling import Sampler
+from facediff.models.autoencoders import Autoencoder
+from facediff.models.conditioning import Conditioner
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class LatentDiffusion(L.LightningModule):
+    """Conditional (latent) diffusion with classifier-free guidance, P2-weighted loss and EMA.
+
+    Args:
+        autoencoder: first stage (PixelSpace for pixel-space diffusion), frozen.
+        denoiser: `denoiser(zt, t, cond) -> prediction` (facediff.models.unet.UNet).
+        conditioner: facediff.models.conditioning.Conditioner.
+        loss: facediff.diffusion.losses.DiffusionLoss.
+        noise_scheduler: a diffusers DDPMScheduler (T, betas, prediction type).
+        sampler: facediff.diffusion.sampling.Sampler for validation grids and sampling.
+        optimizer: partial optimizer (Hydra `_partial_: true`), finished here.
+        lr_warmup_steps: linear warm-up of the learning rate.
+        image_size: the data resolution (checked against the denoiser's sample size).
+        ema_decay, ema_power: diffusers EMAModel with warm-up (decay grows as
+            1 - (1 + step)^-power, capped at ema_decay).
+        max_bad_steps: consecutive non-finite steps tolerated before training stops.
+        seed: seeds the module's own generator for t, noise and condition dropout (its state
+            travels in checkpoints, so a resumed run draws the same numbers).
+    """
+
+    def __init__(
+        self,
+        autoencoder: Autoencoder,
+        denoiser: nn.Module,
+        conditioner: Conditioner,
+        loss: DiffusionLoss,
+        noise_scheduler: DDPMScheduler,
+        sampler: Sampler,
+        optimizer: Callable,
+        image_size: int,
+        lr_warmup_steps: int = 500,
+        ema_decay: float = 0.9999,
+        ema_power: float = 2 / 3,
+        max_bad_steps: int = 20,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
+        self.loss, self.noise_scheduler, self.sampler = loss, noise_scheduler, sampler
+        self.optimizer_factory, self.lr_warmup_steps = optimizer, lr_warmup_steps
+        self.image_size, self.max_bad_steps, self.seed = image_size, max_bad_steps, seed
+        self.check_wiring()
+        self.prediction_type = noise_scheduler.config.prediction_type
+        alphas = noise_scheduler.alphas_cumprod.float()
+        self.register_buffer("snr", snr_from_alphas(alphas), persistent=False)
+        self.ema = EMAModel(self.trainable_parameters(), decay=ema_decay, use_ema_warmup=True,
+                            power=ema_power)  # fmt: skip
+        self.generator = torch.Generator().manual_seed(seed)
+        self.bad_steps = 0  # consecutive
+        self.total_bad_steps = 0
+        self._step_ok = True
+        self.build_config: dict | None = None  # the resolved config, saved in checkpoints
+        self.data_info: dict | None = None  # attribute names, masks, resolution of the data
+
+    def check_wiring(self) -> None:
+        """Fail before training when the parts do not fit together, naming the options."""
+        den, cond, ae = self.denoiser, self.conditioner, self.autoencoder
+        latent = ae.latent_size(self.image_size)
+        checks = [
+            (den.sample_size, latent, "denoiser.sample_size", "the autoencoder's latent size "
+             f"for data.resolution={self.image_size}"),
+            (den.in_channels, ae.latent_channels, "denoiser.in_channels",
+             "autoencoder latent channels"),
+            (den.extra_in_channels, cond.channels("spatial"), "denoiser.extra_in_channels",
+             "the conditioner's spatial channels"),
+            (den.vector_dim, cond.channels("vector"), "denoiser.vector_dim",
+             "the conditioner's vector width"),
+            (den.cross_attention_dim, cond.dim, "denoiser.cross_attention_dim", "conditioner.dim"),
+        ]  # fmt: skip
+        for got, want, option, what in checks:
+            if got != want:
+                raise ValueError(f"{option}={got} does not match {what} ({want})")
+
+    @property
+    def requires(self) -> set[str]:
+        """Batch keys the model reads besides the image."""
+        return self.conditioner.requires | self.loss.requires
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.denoiser, self.conditioner) for p in m.parameters()]
+
+    def forward(self, zt: Tensor, t: Tensor, cond) -> Tensor:
+        return self.denoiser(zt, t, cond)
+
+    @torch.no_grad()
+    def encode(self, batch: dict) -> Tensor:
+        if "latent" in batch:
+            return batch["latent"]
+        return self.autoencoder.encode(batch["image"])
+
+    # ---------------------------------------------------------------------------- training
+    def diffusion_loss(self, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
+        """One noisy prediction per sample; returns the loss terms (per sample)."""
+        z0 = self.encode(batch)  # 1. first stage, (B, C, h, w)
+        b, dev = z0.shape[0], z0.device
+        T = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, T, (b,), generator=generator).to(dev)  # 2. timesteps and noise
+        eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
+        zt = self.noise_scheduler.add_noise(z0, eps, t)  # 3. forward process
+        drop = self.conditioner.sample_drop(b, generator, dev) if self.training else None
+        cond = self.conditioner(batch, drop=drop, spatial_size=z0.shape[-2:])  # 4. condition
+        pred = self.denoiser(zt, t, cond)  # 5. predict
+        if self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(z0, eps, t)
+        else:
+            target = eps
+        extras = None
+        if self.loss.infonce_weight:
+            extras = {"attr_embeddings": self.conditioner.encoders["attrs"].encode(batch, None)}
+        return self.loss(pred, target, self.snr[t], batch, self.prediction_type, extras)  # 6.
+
+    def training_step(self, batch: dict, batch_idx: int):
+        terms = self.diffusion_loss(batch, self.generator)
+        loss = terms["loss"].mean()
+        if not torch.isfinite(loss):
+            self._record_bad_step("loss")
+            return None  # Lightning skips backward and the optimizer step
+        for k, v in terms.items():
+            self.log(f"train/{k}", v.mean(), prog_bar=k == "loss", batch_size=len(terms["loss"]))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if not finite:
+            self._record_bad_step("gradient")
+            for p in self.trainable_parameters():
+                p.grad = None  # the optimizer skips parameters without a gradient
+        else:
+            self._step_ok = True
+
+    def _record_bad_step(self, what: str) -> None:
+        self._step_ok = False
+        self.bad_steps += 1
+        self.total_bad_steps += 1
+        self.log("train/skipped_steps", float(self.total_bad_steps))
+        log.warning("non-finite %s at step %d: step skipped (%d in a row)", what,
+                    self.global_step, self.bad_steps)  # fmt: skip
+        if self.bad_steps >= self.max_bad_steps:
+            raise NonFiniteTrainingError(
+                f"{self.bad_steps} consecutive steps had a non-finite {what} (model.max_bad_steps="
+                f"{self.max_bad_steps}); stopping. The last checkpoint holds the last good weights."
+            )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._step_ok and outputs is not None:
+            self.bad_steps = 0
+            self.ema.step(self.trainable_parameters())
+        self._step_ok = True
+
+    # -------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self.swap_ema(True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        g = torch.Generator().manual_seed(10_000 + batch_idx)  # the same t and noise every time
+        terms = self.diffusion_loss(batch, g)
+        self.log("val/loss", terms["mse"].mean(), prog_bar=True, sync_dist=True,
+                 batch_size=len(terms["mse"]))  # fmt: skip
+
+    def on_validation_epoch_end(self) -> None:
+        self.swap_ema(False)
+
+    def swap_ema(self, use_ema: bool) -> None:
+        """Put the EMA weights in place (True) or the trained ones back (False)."""
+        params = self.trainable_parameters()
+        if use_ema:
+            self.ema.to(self.device)
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        else:
+            self.ema.restore(params)
+
+    # ---------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(self, batch: dict, seed: int = 0, **sampler_kwargs) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; call
+        `swap_ema(True)` first, or use `facediff.api.FaceGenerator`, for the EMA weights)."""
+        b = len(batch[next(iter(batch))])
+        h = self.autoencoder.latent_size(self.image_size)
+        shape = (b, self.autoencoder.latent_channels, h, h)
+        g = torch.Generator().manual_seed(seed)
+        z0 = self.sampler(self.denoiser, self.conditioner, batch, shape,
+                          self.noise_scheduler.config, generator=g, **sampler_kwargs)  # fmt: skip
+        return self.autoencoder.decode(z0.to(self.dtype)).float().clamp(-1, 1)
+
+    # ------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.trainable_parameters())
+        warmup = max(1, self.lr_warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------------ checkpoints
+    def on_fit_start(self) -> None:
+        self.ema.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["generator"] = self.generator.get_state()
+        checkpoint["bad_steps"] = (self.bad_steps, self.total_bad_steps)
+        checkpoint["facediff"] = {"config": self.build_config, "data": self.data_info}
+        for lg in self.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = lg.version
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+        if "generator" in checkpoint:
+            self.generator.set_state(checkpoint["generator"])
+        self.bad_steps, self.total_bad_steps = checkpoint.get("bad_steps", (0, 0))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+

@@ -1,0 +1,45 @@
+"""W&B through Lightning's WandbLogger: offline by default, never a reason to stop training."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from hydra.utils import instantiate
+
+log = logging.getLogger(__name__)
+
+
+def run_id_from_checkpoint(ckpt_path) -> str | None:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return ckpt.get("wandb_run_id")
+
+
+def wandb_logger(cfg: dict, ckpt_path=None):
+    """A WandbLogger from its config dict. A resumed run (`ckpt_path`) continues the W&B run
+    recorded in the checkpoint. Online logging that cannot start (no login, no network, a bad
+    entity) falls back to offline mode, with a warning that says why."""
+    cfg = dict(cfg)
+    if ckpt_path and not cfg.get("id"):
+        run_id = run_id_from_checkpoint(ckpt_path)
+        if run_id:
+            cfg["id"], cfg["resume"] = run_id, "allow"
+            log.info("continuing W&B run %s", run_id)
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        cfg["offline"] = True
+    logger = instantiate(cfg)
+    if cfg.get("offline", False):
+        return logger
+    try:
+        import wandb
+
+        cfg_settings = wandb.Settings(init_timeout=30)
+        logger._wandb_init["settings"] = cfg_settings
+        _ = logger.experiment  # starts the run now, so failures surface here
+        return logger
+    except Exception as e:  # noqa: BLE001 - any failure of the W&B service
+        log.warning("W&B could not start online (%s: %s); logging offline instead",
+                    type(e).__name__, e)  # fmt: skip
+        cfg["offline"] = True
+        return instantiate(cfg)

@@ -1,0 +1,88 @@
+"""UNet denoiser on diffusers' UNet2DConditionModel: `denoiser(zt, t, cond) -> prediction`."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import Tensor, nn
+
+from facediff.models.conditioning import Condition
+
+
+class UNet(nn.Module):
+    """Args map onto UNet2DConditionModel.
+
+    Args:
+        sample_size: latent height/width.
+        in_channels: latent channels; `extra_in_channels` more come from the conditioner's
+            spatial maps (the "concat" / "hybrid" conditioning).
+        block_out_channels: width per level (depth = its length).
+        attention_levels: per level, True for self-attn -> cross-attn -> FFN blocks.
+        cross_attention_dim: token width of the conditioner.
+        head_dim: channels per attention head (64 in the CVIU paper).
+        vector_dim: width of the conditioner's vector (added to the time embedding); 0: none.
+        mid_attention: cross-attention in the middle block.
+    """
+
+    def __init__(
+        self,
+        sample_size: int,
+        in_channels: int,
+        extra_in_channels: int = 0,
+        out_channels: int | None = None,
+        block_out_channels: tuple[int, ...] = (128, 256, 512),
+        layers_per_block: int = 2,
+        attention_levels: tuple[bool, ...] = (False, True, True),
+        cross_attention_dim: int = 512,
+        head_dim: int = 64,
+        vector_dim: int = 0,
+        mid_attention: bool = True,
+        norm_num_groups: int = 32,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        block_out_channels, attention_levels = tuple(block_out_channels), tuple(attention_levels)
+        if len(attention_levels) != len(block_out_channels):
+            raise ValueError(
+                f"denoiser.attention_levels has {len(attention_levels)} entries, "
+                f"denoiser.block_out_channels {len(block_out_channels)}; give one per level"
+            )
+        bad = [c for c in block_out_channels if c % norm_num_groups or c % head_dim]
+        if bad:
+            raise ValueError(
+                f"denoiser.block_out_channels {list(block_out_channels)}: each must be divisible "
+                f"by norm_num_groups={norm_num_groups} and head_dim={head_dim}"
+            )
+        self.sample_size, self.in_channels = sample_size, in_channels
+        self.extra_in_channels, self.vector_dim = extra_in_channels, vector_dim
+        self.cross_attention_dim = cross_attention_dim
+        down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels]
+        up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels)]
+        self.unet = UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=in_channels + extra_in_channels,
+            out_channels=out_channels or in_channels,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            mid_block_type="UNetMidBlock2DCrossAttn" if mid_attention else None,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            cross_attention_dim=cross_attention_dim,
+            # diffusers' `attention_head_dim` is the number of heads (a known misnomer)
+            attention_head_dim=tuple(c // head_dim for c in block_out_channels),
+            norm_num_groups=norm_num_groups,
+            class_embed_type="projection" if vector_dim else None,
+            projection_class_embeddings_input_dim=vector_dim or None,
+            dropout=dropout,
+        )
+
+    def forward(self, zt: Tensor, t: Tensor, cond: Condition) -> Tensor:
+        x = zt if cond.spatial is None else torch.cat([zt, cond.spatial.to(zt.dtype)], 1)
+        if x.shape[1] != self.in_channels + self.extra_in_channels:
+            raise ValueError(
+                f"denoiser: input has {x.shape[1]} channels, expected in_channels "
+                f"{self.in_channels} + extra_in_channels {self.extra_in_channels}"
+            )
+        vector = cond.vector if self.vector_dim else None
+        return self.unet(x, t, encoder_hidden_states=cond.tokens,
+                         encoder_attention_mask=cond.token_mask, class_labels=vector).sample  # fmt: skip
