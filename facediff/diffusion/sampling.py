@@ -71,14 +71,21 @@ class Sampler:
     @torch.no_grad()
     def __call__(self, denoise: Callable, conditioner, batch: dict, shape, train_config,
                  generator: torch.Generator | None = None, num_steps: int | None = None,
-                 eta: float | None = None, guidance_scale=None, progress: bool = False) -> Tensor:  # fmt: skip
-        """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`."""
+                 eta: float | None = None, guidance_scale=None, drop: dict | None = None,
+                 progress: bool = False) -> Tensor:  # fmt: skip
+        """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`; conditions named
+        True in `drop` are replaced by their null embedding at every guidance level."""
         scheduler = self.scheduler_cls.from_config(train_config)
         scheduler.set_timesteps(num_steps or self.num_steps)
         eta = self.eta if eta is None else eta
         step_kwargs = {"generator": generator} | ({"eta": eta} if self._takes_eta else {})
         gs = self.guidance_scale if guidance_scale is None else guidance_scale
-        levels, coef = guidance_levels(conditioner.names, gs)
+        dropped = [n for n, d in (drop or {}).items() if d]
+        names = [n for n in conditioner.names if n not in dropped]
+        if isinstance(gs, dict):
+            gs = {n: s for n, s in gs.items() if n not in dropped or n not in conditioner.names}
+        levels, coef = guidance_levels(names, gs)
+        levels = [level | {n: True for n in dropped} for level in levels]
         device = next(conditioner.parameters()).device
         zt = torch.randn(shape, generator=generator, device="cpu").to(device) * scheduler.init_noise_sigma
         from facediff.models.conditioning import Condition

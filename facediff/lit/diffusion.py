@@ -198,15 +198,17 @@ class LatentDiffusion(L.LightningModule):
 
     # ---------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, batch: dict, seed: int = 0, **sampler_kwargs) -> Tensor:
+    def generate(self, batch: dict, seed: int = 0, drop: dict | None = None,
+                 **sampler_kwargs) -> Tensor:  # fmt: skip
         """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; call
         `swap_ema(True)` first, or use `facediff.api.FaceGenerator`, for the EMA weights)."""
         b = len(batch[next(iter(batch))])
         h = self.autoencoder.latent_size(self.image_size)
         shape = (b, self.autoencoder.latent_channels, h, h)
         g = torch.Generator().manual_seed(seed)
-        z0 = self.sampler(self.denoiser, self.conditioner, batch, shape,
-                          self.noise_scheduler.config, generator=g, **sampler_kwargs)  # fmt: skip
+        sampler_kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+        z0 = self.sampler(self.denoiser, self.conditioner, batch, shape, self.noise_scheduler.config,
+                          generator=g, drop=drop, **sampler_kwargs)  # fmt: skip
         return self.autoencoder.decode(z0.to(self.dtype)).float().clamp(-1, 1)
 
     # ------------------------------------------------------------------------- optimizers

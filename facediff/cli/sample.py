@@ -1,0 +1,59 @@
+"""facediff-sample: faces from a checkpoint for given attributes, a mask or validation items."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from facediff.api import FaceGenerator
+from facediff.config import register_resolvers
+from facediff.visualize import colorize, grid, save_png, to_uint8
+
+log = logging.getLogger("facediff.sample")
+
+
+def sample(cfg: DictConfig) -> Path:
+    register_resolvers()
+    gen = FaceGenerator.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.use_ema)
+    out = Path(cfg.output_dir)
+    k = cfg.num_samples
+    gs = OmegaConf.to_container(cfg.guidance_scale) if OmegaConf.is_config(cfg.guidance_scale) \
+        else cfg.guidance_scale  # fmt: skip
+    kwargs = {"num_steps": cfg.num_steps, "eta": cfg.eta, "guidance_scale": gs, "seed": cfg.seed}
+    rows = []
+    if cfg.from_split:
+        from facediff.data.datamodule import FaceDataModule
+        from facediff.lit.callbacks import condition_batch, repeat_batch
+
+        info = gen.model.data_info
+        dm = FaceDataModule(info["root"], info["resolution"], attributes=info["attr_names"],
+                            verify_hash=False)  # fmt: skip
+        cond = condition_batch(dm, cfg.from_split, cfg.num_conditions)
+        images = gen.sample(batch=repeat_batch(cond, k), **kwargs)
+        real = to_uint8(cond["image"])
+        for i in range(len(real)):
+            head = [real[i]] + ([colorize(cond["mask"][i])] if "mask" in cond else [])
+            rows.append(head + list(images[i * k : (i + 1) * k]))
+    else:
+        attrs = OmegaConf.to_container(cfg.attributes) if cfg.attributes else None
+        images = gen.sample(attributes=attrs, mask=cfg.mask, num_samples=k, **kwargs)
+        rows.append(list(images))
+    for i, img in enumerate(images):
+        save_png(img, out / "samples" / f"{i:04d}.png")
+    path = save_png(grid(rows), out / "grid.png", cfg.upscale)
+    (out / "sample_config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+    log.info("wrote %d samples and %s", len(images), path)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+if __name__ == "__main__":
+    main()

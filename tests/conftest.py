@@ -1,0 +1,59 @@
+"""Shared fixtures: the real configs composed and shrunk (CPU, tiny models, 16 px SynthFaces)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(2)
+
+TINY = [
+    "data.resolution=16",
+    "data.source.num_faces=48",
+    "data.source.image_size=32",
+    "data.source.mask_size=32",
+    "data.source.num_workers=1",
+    "data.batch_size=4",
+    "data.verify_hash=false",
+    "denoiser.block_out_channels=[16,32]",
+    "denoiser.layers_per_block=1",
+    "denoiser.attention_levels=[false,true]",
+    "denoiser.cross_attention_dim=32",
+    "denoiser.head_dim=8",
+    "denoiser.norm_num_groups=8",
+    "sampler.num_steps=2",
+    "model.lr_warmup_steps=1",
+    "trainer.accelerator=cpu",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "~callbacks.progress_bar",
+    "callbacks.sample_grid.num_steps=2",
+    "callbacks.sample_grid.num_conditions=2",
+    "callbacks.sample_grid.samples_per_condition=2",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One SynthFaces raw folder and its 16 px prepared copy for the whole session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def make_cfg(data_dir, tmp_path):
+    """compose(train.yaml, overrides) shrunk to tiny sizes, writing into tmp_path."""
+    from facediff.config import compose
+
+    def make(*overrides: str, config_name: str = "train"):
+        base = [f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}"]
+        return compose(config_name, base + TINY + list(overrides))
+
+    return make
