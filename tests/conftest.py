@@ -9,6 +9,7 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
 TINY = [
@@ -26,7 +27,6 @@ TINY = [
     "denoiser.head_dim=8",
     "denoiser.norm_num_groups=8",
     "sampler.num_steps=2",
-    "model.lr_warmup_steps=1",
     "trainer.accelerator=cpu",
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",

@@ -54,7 +54,8 @@ class SampleGrid(L.Callback):
 
     @torch.no_grad()
     def write(self, trainer, pl_module) -> Path | None:
-        if trainer.datamodule is None or not trainer.is_global_zero or trainer.fast_dev_run:
+        if (trainer.datamodule is None or not trainer.is_global_zero or trainer.fast_dev_run
+                or not hasattr(pl_module, "generate")):
             return None
         cond = condition_batch(trainer.datamodule, "val", self.num_conditions)
         k = self.samples_per_condition

@@ -174,13 +174,15 @@ class MaskResNetEncoder(ConditionEncoder):
 class SegFormerMaskEncoder(ConditionEncoder):
     """One-hot mask -> SegFormer encoder (transformers) -> spatial tokens, never pooled (its
     public use pooled them and lost the layout). `pretrained`: a local folder or hub name of a
-    SegformerModel whose first layer takes `num_classes` channels; None: random init."""
+    SegformerModel whose first layer takes `num_classes` channels; None: random init.
+    `sr_ratios`: attention reduction per stage; (8, 4, 2, 1) suits 256 px masks, use ones for
+    masks of 64 px or less (a stage's feature map must be at least its ratio wide)."""
 
     requires = ("mask",)
 
     def __init__(self, dim: int, grid: int = 8, hidden_sizes: tuple[int, ...] = (32, 64, 160, 256),
-                 pretrained: str | None = None, num_classes: int = NUM_MASK_CLASSES,
-                 dropout: float = 0.1):  # fmt: skip
+                 sr_ratios: tuple[int, ...] = (8, 4, 2, 1), pretrained: str | None = None,
+                 num_classes: int = NUM_MASK_CLASSES, dropout: float = 0.1):  # fmt: skip
         super().__init__(dropout)
         if pretrained:
             from facediff.models.autoencoders import from_pretrained
@@ -189,7 +191,8 @@ class SegFormerMaskEncoder(ConditionEncoder):
         else:
             config = SegformerConfig(num_channels=num_classes, hidden_sizes=list(hidden_sizes),
                                      num_attention_heads=[1, 2, 5, 8][: len(hidden_sizes)],
-                                     num_encoder_blocks=len(hidden_sizes))  # fmt: skip
+                                     num_encoder_blocks=len(hidden_sizes),
+                                     sr_ratios=list(sr_ratios)[: len(hidden_sizes)])  # fmt: skip
             self.segformer = SegformerModel(config)
         self.grid, self.num_classes = grid, num_classes
         self.proj = nn.Linear(self.segformer.config.hidden_sizes[-1], dim)

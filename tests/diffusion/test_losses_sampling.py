@@ -1,0 +1,98 @@
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from facediff.diffusion.losses import (
+    DiffusionLoss,
+    MinSNRWeighting,
+    NoWeighting,
+    P2Weighting,
+    snr_from_alphas,
+)
+from facediff.diffusion.sampling import Sampler, guidance_levels
+from facediff.models.conditioning import AttributeEncoder, Conditioner, MaskConcatEncoder
+
+SCHED = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+SNR = snr_from_alphas(SCHED.alphas_cumprod)
+
+
+def test_p2_invariants():
+    assert torch.equal(P2Weighting(gamma=0.0)(SNR), torch.ones_like(SNR))
+    w = P2Weighting(gamma=0.5, k=1.0)(SNR)
+    assert (w[1:] >= w[:-1]).all()  # SNR falls with t, so the weight rises
+    assert w[0] < w[-1]
+    t = 250
+    expected = 1 / (1 + SCHED.alphas_cumprod[t] / (1 - SCHED.alphas_cumprod[t])) ** 0.5
+    assert w[t].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_min_snr():
+    snr = torch.tensor([0.5, 5.0, 50.0])
+    assert MinSNRWeighting(5.0)(snr).tolist() == pytest.approx([1.0, 1.0, 0.1])
+    assert MinSNRWeighting(5.0)(snr, "v_prediction").tolist() == pytest.approx(
+        [0.5 / 1.5, 5 / 6, 5 / 51])
+
+
+def test_loss_is_weighted_per_sample_mse_and_region_term():
+    pred, target = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    snr = torch.tensor([1.0, 3.0])
+    out = DiffusionLoss(P2Weighting(1.0, 1.0))(pred, target, snr, {})
+    assert out["loss"].tolist() == pytest.approx([0.5, 0.25])
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[:, :4, :4] = 4  # l_eye: a quarter of the image
+    out = DiffusionLoss(NoWeighting(), region_weight=2.0)(pred, target, snr, {"mask": mask})
+    assert out["region"].tolist() == pytest.approx([0.25, 0.25])
+    assert out["loss"].tolist() == pytest.approx([1.5, 1.5])
+
+
+def test_add_noise_matches_closed_form_and_t0_is_near_z0():
+    z0, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t = torch.tensor([0, 600])
+    ab = 1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # linear betas
+    ab = torch.cumprod(ab, 0)[t].float().view(-1, 1, 1, 1)
+    zt = SCHED.add_noise(z0, eps, t)
+    torch.testing.assert_close(zt, ab.sqrt() * z0 + (1 - ab).sqrt() * eps, atol=1e-5, rtol=1e-5)
+    assert (zt[0] - z0[0]).abs().max() < 0.01 * eps[0].abs().max() + 1e-3
+
+
+def test_guidance_levels():
+    levels, coef = guidance_levels(["a", "m"], 1.0)
+    assert levels == [{"a": False, "m": False}] and coef == [1.0]
+    levels, coef = guidance_levels(["a", "m"], 3.0)  # plain CFG: e0 + 3 (eK - e0)
+    assert levels == [{"a": True, "m": True}, {"a": False, "m": False}] and coef == [-2.0, 3.0]
+    levels, coef = guidance_levels(["a", "m"], {"a": 2.0, "m": 4.0})
+    assert levels[1] == {"a": False, "m": True} and coef == [-1.0, -2.0, 4.0]
+    assert sum(coef) == 1.0
+    with pytest.raises(ValueError, match="'x'.*not trained with"):
+        guidance_levels(["a"], {"x": 2.0})
+
+
+def make_cond():
+    return Conditioner({"attrs": AttributeEncoder(3, 8, hidden=8), "mask": MaskConcatEncoder()}, 8)
+
+
+def batch():
+    return {"attrs": torch.tensor([[1.0, 0, 1]]), "attrs_known": torch.ones(1, 3, dtype=torch.bool),
+            "mask": torch.randint(0, 19, (1, 8, 8), generator=torch.Generator().manual_seed(0))}
+
+
+def denoise_fn(x, t, cond):  # a denoiser whose output depends on the condition
+    return x * 0.1 + cond.tokens.mean() + cond.spatial.mean((1, 2, 3), keepdim=True)
+
+
+def test_guidance_scale_one_equals_conditional_and_sampling_is_seeded():
+    cond = make_cond()
+    s = Sampler(DDIMScheduler, num_steps=3)
+    cfg = SCHED.config
+    run = lambda gs, seed: s(denoise_fn, cond, batch(), (1, 3, 8, 8), cfg,  # noqa: E731
+                             torch.Generator().manual_seed(seed), guidance_scale=gs)
+    a1 = run(1.0, 0)
+    torch.testing.assert_close(run({"attrs": 1.0, "mask": 1.0}, 0), a1)
+    torch.testing.assert_close(run(1.0, 0), a1)  # seeded: repeatable
+    assert not torch.allclose(run(1.0, 1), a1)
+    assert not torch.allclose(run(3.0, 0), a1)  # guidance changes the result
+
+
+def test_ddim_eta_needs_a_scheduler_that_has_it():
+    with pytest.raises(ValueError, match="has no eta"):
+        Sampler(DDPMScheduler, eta=1.0)
