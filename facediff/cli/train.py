@@ -72,7 +72,23 @@ def train(cfg: DictConfig) -> dict:
                 wandb.finish(exit_code=0 if trainer.state.status.value == "finished" else 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", metrics)
+    if cfg.get("evaluate_after") and not trainer.fast_dev_run:
+        metrics["report"] = evaluate_after(cfg, model, datamodule, trainer)
     return metrics
+
+
+def evaluate_after(cfg: DictConfig, model, datamodule, trainer) -> dict:
+    """Train (or reuse) the evaluators and score the model's samples; print the table."""
+    from facediff.evaluation.report import evaluators, fidelity_report, write_report
+
+    ev = cfg.evaluation
+    parser, classifier = evaluators(datamodule, ev.dir, ev.parser_steps, ev.classifier_steps)
+    report = fidelity_report(model, datamodule, parser, classifier, ev.num_conditions, ev.seed)
+    table = write_report(report, cfg.paths.output_dir,
+                         {"checkpoint_step": trainer.global_step, "protocol": dict(ev)})  # fmt: skip
+    print(f"\nfidelity of {report['num_conditions']} samples (EMA weights, "
+          f"{model.sampler.num_steps} DDIM steps, guidance {model.sampler.guidance_scale}):\n{table}\n")
+    return report["rows"]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="train")
