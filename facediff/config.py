@@ -40,3 +40,84 @@ def compose(config_name: str = "train", overrides: list[str] | None = None):
 
 
 register_resolvers()
+
+
+def _check_value(value, hint) -> bool:
+    """True when `value` fits a simple annotation (unions, int/float/bool/str, lists, tuples);
+    annotations it does not understand pass."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if hint is typing.Any or hint is None:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_check_value(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def validate(cfg, path: str = "") -> None:
+    """Check every `_target_` node of a config against its constructor before anything is built:
+    unknown option names and values of the wrong type raise a ValueError naming the option,
+    what was expected and (for unknown names) the valid ones."""
+    import inspect
+    import typing
+
+    from hydra.utils import get_object
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(cfg, ListConfig):
+        for i, item in enumerate(cfg):
+            validate(item, f"{path}[{i}]")
+        return
+    if not isinstance(cfg, DictConfig):
+        return
+    target = cfg.get("_target_") if "_target_" in cfg else None
+    if isinstance(target, str) and target.startswith("facediff."):
+        obj = get_object(target)
+        fn = obj.__init__ if inspect.isclass(obj) else obj
+        params = inspect.signature(fn).parameters
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: names are still checked
+            hints = {}
+        for key in cfg:
+            if key.startswith("_"):
+                continue
+            where = f"{path}.{key}" if path else key
+            if key not in params and not takes_kwargs:
+                valid = [p for p in params if p not in ("self", "args", "kwargs")]
+                raise ValueError(f"unknown option {where}; {target} takes {valid}")
+            if key in hints and not OmegaConf.is_missing(cfg, key):
+                value = cfg[key]
+                if isinstance(value, DictConfig) and "_target_" in value:
+                    continue  # an object built from its own node, checked below
+                if OmegaConf.is_config(value):
+                    value = OmegaConf.to_container(value, resolve=True)
+                if not _check_value(value, hints[key]):
+                    raise ValueError(
+                        f"option {where}={value!r} ({type(value).__name__}): expected "
+                        f"{getattr(hints[key], '__name__', str(hints[key]))}"
+                    )
+    for key in cfg:
+        if isinstance(key, str) and not key.startswith("_") and key != "hydra":
+            try:
+                child = cfg[key]
+            except Exception:  # noqa: BLE001 - interpolations resolved later, e.g. ${hydra:...}
+                continue
+            validate(child, f"{path}.{key}" if path else key)

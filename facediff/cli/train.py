@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from facediff.config import register_resolvers
+from facediff.config import register_resolvers, validate
 from facediff.lit.callbacks import AtomicCheckpointIO
 
 log = logging.getLogger("facediff.train")
@@ -53,6 +53,7 @@ def build(cfg: DictConfig):
 def train(cfg: DictConfig) -> dict:
     """Train as configured; returns the final logged metrics."""
     register_resolvers()
+    validate(cfg)  # unknown option names and wrong types, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():

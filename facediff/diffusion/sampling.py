@@ -58,11 +58,16 @@ class Sampler:
         eta: DDIM stochasticity (0 deterministic "d.", 1 stochastic "s."); only for schedulers
             whose step takes it.
         guidance_scale: one scale, or {condition: scale}.
+        clip_sample: clip the predicted x0 to [-1, 1] at each step. None: only where the caller
+            says the samples live in pixel space (`pixel_space=True`); never in a latent space,
+            whose values are not bounded (a pitfall of public face LDMs).
     """
 
     def __init__(self, scheduler: type, num_steps: int = 50, eta: float = 0.0,
-                 guidance_scale: float | dict[str, float] = 1.0):  # fmt: skip
+                 guidance_scale: float | dict[str, float] = 1.0,
+                 clip_sample: bool | None = None):  # fmt: skip
         self.scheduler_cls, self.num_steps, self.eta = scheduler, num_steps, eta
+        self.clip_sample = clip_sample
         self.guidance_scale = dict(guidance_scale) if hasattr(guidance_scale, "items") else guidance_scale
         self._takes_eta = "eta" in inspect.signature(scheduler.step).parameters
         if eta and not self._takes_eta:
@@ -72,10 +77,11 @@ class Sampler:
     def __call__(self, denoise: Callable, conditioner, batch: dict, shape, train_config,
                  generator: torch.Generator | None = None, num_steps: int | None = None,
                  eta: float | None = None, guidance_scale=None, drop: dict | None = None,
-                 progress: bool = False) -> Tensor:  # fmt: skip
+                 pixel_space: bool = False, progress: bool = False) -> Tensor:  # fmt: skip
         """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`; conditions named
         True in `drop` are replaced by their null embedding at every guidance level."""
-        scheduler = self.scheduler_cls.from_config(train_config)
+        clip = pixel_space if self.clip_sample is None else self.clip_sample
+        scheduler = self.scheduler_cls.from_config(train_config, clip_sample=clip)
         scheduler.set_timesteps(num_steps or self.num_steps)
         eta = self.eta if eta is None else eta
         step_kwargs = {"generator": generator} | ({"eta": eta} if self._takes_eta else {})

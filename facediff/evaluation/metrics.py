@@ -32,3 +32,34 @@ def attribute_scores(pred: Tensor, target: Tensor, known: Tensor, names: list[st
     per_attr = {n: float(per[i]) for i, n in enumerate(names) if has[i]}
     return {"attr_acc": float(per[has].mean()) if has.any() else float("nan"),
             "attr_acc_per_attribute": per_attr}  # fmt: skip
+
+
+class _DomainFeatures(torch.nn.Module):
+    """uint8 images -> the attribute classifier's penultimate features (a domain extractor)."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier.features(x.float() / 127.5 - 1)
+
+
+def feature_distances(real: Tensor, fake: Tensor, classifier, kid_subset_size: int = 50) -> dict:
+    """FID and KID (torchmetrics) between real and generated images in [-1, 1], on the attribute
+    classifier's features. Marked with * in tables: not comparable with Inception FIDs."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    extractor = _DomainFeatures(classifier.float().cpu().eval())
+    size = tuple(real.shape[1:])
+    fid = FrechetInceptionDistance(feature=extractor, input_img_size=size)
+    kid = KernelInceptionDistance(feature=extractor, input_img_size=size,
+                                  subset_size=min(kid_subset_size, len(real), len(fake)))  # fmt: skip
+    to_u8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
+    with torch.no_grad():
+        for metric in (fid, kid):
+            metric.update(to_u8(real), real=True)
+            metric.update(to_u8(fake), real=False)
+        kid_mean, _ = kid.compute()
+        return {"fid": float(fid.compute()), "kid": float(kid_mean)}

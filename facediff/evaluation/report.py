@@ -80,16 +80,17 @@ def roll(cond: dict) -> dict:
 
 @torch.no_grad()
 def fidelity_report(model, datamodule, parser, classifier, num_conditions: int = 64,
-                    seed: int = 0, batch_size: int = 64) -> dict:  # fmt: skip
+                    seed: int = 0, batch_size: int = 64, split: str = "val",
+                    sampler_kwargs: dict | None = None) -> dict:  # fmt: skip
     """Ground truth, samples vs their own conditions, samples vs shuffled conditions."""
     names = datamodule.attr_names
-    cond = condition_batch(datamodule, "val", num_conditions)
+    cond = condition_batch(datamodule, split, num_conditions)
     model.eval()
     model.swap_ema(True)
     try:
         images = torch.cat([
             model.generate(to_device({k: v[i : i + batch_size] for k, v in cond.items()},
-                                     model.device), seed=seed + i).float().cpu()
+                                     model.device), seed=seed + i, **(sampler_kwargs or {})).float().cpu()
             for i in range(0, len(cond["image"]), batch_size)
         ])  # fmt: skip
     finally:
@@ -100,14 +101,17 @@ def fidelity_report(model, datamodule, parser, classifier, num_conditions: int =
         "samples vs own conditions": score(images, cond, parser, classifier, names),
         "samples vs shuffled conditions": score(images, roll(cond), parser, classifier, names),
     }
-    return {"num_conditions": len(images), "attributes": names, "rows": rows, "images": images}
+    return {"num_conditions": len(images), "attributes": names, "rows": rows, "images": images,
+            "real_images": cond["image"]}  # fmt: skip
 
 
 def markdown_table(rows: dict) -> str:
-    cols = [("mask_acc", "mask acc."), ("miou", "mIoU"), ("attr_acc", "attribute acc.")]
+    cols = [("fid", "FID*"), ("kid", "KID* x100"), ("mask_acc", "mask acc."), ("miou", "mIoU"),
+            ("attr_acc", "attribute acc.")]
     lines = ["| | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        cells = [f"{100 * r[k]:.1f}" if k in r else "-" for k, _ in cols]
+        cells = [(f"{r[k]:.2f}" if k == "fid" else f"{100 * r[k]:.1f}") if k in r else "-"
+                 for k, _ in cols]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -116,7 +120,7 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report["rows"])
-    data = {k: v for k, v in report.items() if k != "images"} | (extra or {})
+    data = {k: v for k, v in report.items() if k not in ("images", "real_images")} | (extra or {})
     (out_dir / "metrics.json").write_text(json.dumps(data, indent=1))
     (out_dir / "report.md").write_text(table + "\n")
     return table

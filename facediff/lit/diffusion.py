@@ -12,8 +12,8 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor, nn
 
 from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas
-from facediff.diffusion.sampling import Sampler
-from facediff.models.autoencoders import Autoencoder
+from facediff.diffusion.sampling import Sampler, guidance_levels
+from facediff.models.autoencoders import Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,10 @@ class LatentDiffusion(L.LightningModule):
         for got, want, option, what in checks:
             if got != want:
                 raise ValueError(f"{option}={got} does not match {what} ({want})")
+        try:  # guidance scales may only name conditions the model has
+            guidance_levels(cond.names, self.sampler.guidance_scale)
+        except ValueError as e:
+            raise ValueError(f"sampler.guidance_scale: {e}") from None
 
     @property
     def requires(self) -> set[str]:
@@ -207,8 +211,9 @@ class LatentDiffusion(L.LightningModule):
         shape = (b, self.autoencoder.latent_channels, h, h)
         g = torch.Generator().manual_seed(seed)
         sampler_kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
+        pixel_space = isinstance(self.autoencoder, PixelSpace)
         z0 = self.sampler(self.denoiser, self.conditioner, batch, shape, self.noise_scheduler.config,
-                          generator=g, drop=drop, **sampler_kwargs)  # fmt: skip
+                          generator=g, drop=drop, pixel_space=pixel_space, **sampler_kwargs)  # fmt: skip
         return self.autoencoder.decode(z0.to(self.dtype)).float().clamp(-1, 1)
 
     # ------------------------------------------------------------------------- optimizers

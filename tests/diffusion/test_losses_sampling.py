@@ -96,3 +96,20 @@ def test_guidance_scale_one_equals_conditional_and_sampling_is_seeded():
 def test_ddim_eta_needs_a_scheduler_that_has_it():
     with pytest.raises(ValueError, match="has no eta"):
         Sampler(DDPMScheduler, eta=1.0)
+
+
+@pytest.mark.parametrize("cls,steps,eta", [(DDIMScheduler, 50, 0.0), (DDIMScheduler, 20, 1.0),
+                                           (DDPMScheduler, 1000, 0.0)])  # fmt: skip
+def test_sampler_recovers_the_point_of_an_oracle_denoiser(cls, steps, eta):
+    """For data that is one point z0, the optimal epsilon is (x - sqrt(ab) z0) / sqrt(1 - ab);
+    every sampler must land on z0 (an independent check of the loop and the schedulers)."""
+    ab = SCHED.alphas_cumprod
+    z0 = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+    def oracle(x, t, cond):
+        a = ab[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * z0) / (1 - a).sqrt()
+
+    out = Sampler(cls, num_steps=steps, eta=eta)(oracle, Conditioner({}, dim=4), {"x": torch.zeros(2)},
+                                                 (2, 3, 4, 4), SCHED.config, torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(out, z0.expand(2, -1, -1, -1), atol=1e-4, rtol=0)

@@ -1,0 +1,45 @@
+# facediff: `make demo` and `make test` install what they need first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install demo demo-long test test-full lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv: torch 2.13.0 (CPU build) first, then facediff editable with dev extras
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install  ## prepare SynthFaces, train the multi-conditioned demo (~15 min on 2 CPU cores), score it
+	$(VENV)/bin/facediff-train experiment=demo
+
+demo-long: install  ## the demo trained about an hour
+	$(VENV)/bin/facediff-train experiment=demo_long
+
+test: install  ## the test suite without the slow tests (a few minutes on a CPU)
+	$(PY) -m pytest -q
+
+test-full: install  ## every test, the slow end-to-end ones too
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: install  ## loader and training-step benchmarks (figures side by side)
+	$(VENV)/bin/facediff-bench
+
+lint: install  ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## ruff format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:  ## remove outputs (keeps .venv and data/)
+	rm -rf outputs multirun wandb

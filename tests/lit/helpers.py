@@ -1,0 +1,51 @@
+"""Callbacks used by the tests to inject faults into a real training run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+import torch
+
+
+class SendSignalAt(L.Callback):
+    """Sends `signal_name` to this process after training step `step`."""
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM"):
+        self.step, self.signal_name = step, signal_name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class PoisonSteps(L.Callback):
+    """Makes the loss (kind="loss") or the gradients (kind="grad") non-finite at the listed
+    batch indices, counted from the start of this fit (`at` may be "all")."""
+
+    def __init__(self, at, kind: str = "loss"):
+        self.at, self.kind, self.batches = at, kind, 0
+        self._hook = None
+
+    def _poisoned(self) -> bool:
+        return self.at == "all" or self.batches in self.at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._poisoned():
+            return
+        if self.kind == "loss":
+            batch["image"][0, 0, 0, 0] = float("nan")
+        else:
+            p = next(pl_module.denoiser.parameters())
+            self._hook = p.register_hook(lambda g: g * float("nan"))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.batches += 1
+
+
+def all_finite(state_dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
