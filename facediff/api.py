@@ -1,8 +1,8 @@
 """Notebook API: load a checkpoint and sample faces for attributes and masks.
 
-    from facediff import load_model
-    gen = load_model("outputs/train/.../checkpoints/last.ckpt")
-    images = gen.sample(attributes={"Smiling": 1, "Eyeglasses": 1}, num_samples=4, seed=0)
+from facediff import load_model
+gen = load_model("outputs/train/.../checkpoints/last.ckpt")
+images = gen.sample(attributes={"Smiling": 1, "Eyeglasses": 1}, num_samples=4, seed=0)
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from facediff.config import register_resolvers
+from facediff.config import instantiate, register_resolvers
 from facediff.data.labels import NUM_MASK_CLASSES
 from facediff.lit.diffusion import LatentDiffusion
 
@@ -58,7 +57,9 @@ class FaceGenerator:
     def conditions(self) -> list[str]:
         return self.model.conditioner.names
 
-    def batch(self, attributes: dict[str, int] | None = None, mask=None, num_samples: int = 1) -> dict:
+    def batch(
+        self, attributes: dict[str, int] | None = None, mask=None, num_samples: int = 1
+    ) -> dict:
         """The batch dict for one condition repeated `num_samples` times.
 
         Args:
@@ -69,7 +70,9 @@ class FaceGenerator:
         attrs, known = torch.zeros(n, a), torch.zeros(n, a, dtype=torch.bool)
         for name, value in (attributes or {}).items():
             if name not in self.attr_names:
-                raise ValueError(f"attributes: unknown name {name!r}; the model knows {self.attr_names}")
+                raise ValueError(
+                    f"attributes: unknown name {name!r}; the model knows {self.attr_names}"
+                )
             k = self.attr_names.index(name)
             attrs[:, k], known[:, k] = float(value > 0), True
         res = self.model.image_size
@@ -82,17 +85,30 @@ class FaceGenerator:
             if m.dim() != 2 or m.min() < 0 or m.max() >= NUM_MASK_CLASSES:
                 raise ValueError(f"mask: expected a (H, W) label map of 0..{NUM_MASK_CLASSES - 1}")
             if m.shape != (res, res):
-                m = torch.as_tensor(np.asarray(Image.fromarray(m.numpy().astype(np.uint8))
-                                               .resize((res, res), Image.NEAREST))).long()  # fmt: skip
+                m = torch.as_tensor(
+                    np.asarray(
+                        Image.fromarray(m.numpy().astype(np.uint8)).resize(
+                            (res, res), Image.NEAREST
+                        )
+                    )
+                ).long()
             batch["mask"] = m.expand(n, -1, -1).clone()
         else:
             batch["mask"] = torch.zeros(n, res, res, dtype=torch.long)
         return batch
 
     @torch.no_grad()
-    def sample(self, attributes: dict[str, int] | None = None, mask=None, num_samples: int = 1,
-               num_steps: int | None = None, guidance_scale=None, eta: float | None = None,
-               seed: int = 0, batch: dict | None = None) -> np.ndarray:  # fmt: skip
+    def sample(
+        self,
+        attributes: dict[str, int] | None = None,
+        mask=None,
+        num_samples: int = 1,
+        num_steps: int | None = None,
+        guidance_scale=None,
+        eta: float | None = None,
+        seed: int = 0,
+        batch: dict | None = None,
+    ) -> np.ndarray:
         """Generate faces; returns uint8 (N, H, W, 3). A condition not given is dropped (its
         null embedding), so e.g. attributes alone sample a mask-free face for them."""
         from facediff.visualize import to_uint8
@@ -105,6 +121,7 @@ class FaceGenerator:
         gs = self.model.sampler.guidance_scale if guidance_scale is None else guidance_scale
         device = self.model.device
         batch = {k: v.to(device) for k, v in batch.items()}
-        images = self.model.generate(batch, seed=seed, num_steps=num_steps, eta=eta,
-                                     guidance_scale=gs, drop=dropped)  # fmt: skip
+        images = self.model.generate(
+            batch, seed=seed, num_steps=num_steps, eta=eta, guidance_scale=gs, drop=dropped
+        )
         return to_uint8(images)

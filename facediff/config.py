@@ -27,6 +27,23 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
+def instantiate(cfg, **kwargs):
+    """hydra.utils.instantiate that lets facediff's own errors through unwrapped, so the user
+    reads "denoiser.sample_size=8 does not match ..." rather than Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            raise cause from None
+        raise
+
+
 def compose(config_name: str = "train", overrides: list[str] | None = None):
     """Compose a config from facediff's conf/ outside a Hydra main (notebooks, tests)."""
     from hydra import compose as hydra_compose

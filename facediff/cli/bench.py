@@ -10,10 +10,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from facediff.config import register_resolvers
+from facediff.config import instantiate, register_resolvers
 
 log = logging.getLogger("facediff.bench")
 
@@ -54,8 +53,12 @@ def bench_loader(out: Path, resolution: int, items: int) -> dict:
     for i in idx:
         src.load(int(i), resolution)
     raw = n / (time.perf_counter() - t0)
-    return {"resolution": resolution, "prepared_samples_s": prepared, "png_decode_samples_s": raw,
-            "speedup": prepared / raw}  # fmt: skip
+    return {
+        "resolution": resolution,
+        "prepared_samples_s": prepared,
+        "png_decode_samples_s": raw,
+        "speedup": prepared / raw,
+    }
 
 
 def bench_train_step(cfg: DictConfig, steps: int) -> dict:

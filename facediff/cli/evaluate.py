@@ -26,11 +26,24 @@ def evaluate(cfg: DictConfig) -> dict:
     dm = FaceDataModule(info["root"], info["resolution"], attributes=info["attr_names"])
     ev_dir = cfg.evaluators_dir or f"{info['root']}-evaluators"
     parser, classifier = evaluators(dm, ev_dir, cfg.parser_steps, cfg.classifier_steps)
-    sampler_kwargs = {"num_steps": cfg.num_steps, "eta": cfg.eta, "guidance_scale":
-                      OmegaConf.to_container(cfg.guidance_scale) if OmegaConf.is_config(cfg.guidance_scale)
-                      else cfg.guidance_scale}  # fmt: skip
-    report = fidelity_report(model, dm, parser, classifier, cfg.num_conditions, cfg.seed,
-                             cfg.batch_size, cfg.split, sampler_kwargs)  # fmt: skip
+    sampler_kwargs = {
+        "num_steps": cfg.num_steps,
+        "eta": cfg.eta,
+        "guidance_scale": OmegaConf.to_container(cfg.guidance_scale)
+        if OmegaConf.is_config(cfg.guidance_scale)
+        else cfg.guidance_scale,
+    }
+    report = fidelity_report(
+        model,
+        dm,
+        parser,
+        classifier,
+        cfg.num_conditions,
+        cfg.seed,
+        cfg.batch_size,
+        cfg.split,
+        sampler_kwargs,
+    )
     real = report.pop("real_images")
     distances = feature_distances(real, report["images"], classifier, cfg.kid_subset_size)
     report["rows"]["samples vs own conditions"].update(distances)
@@ -39,12 +52,14 @@ def evaluate(cfg: DictConfig) -> dict:
         "sampler": sampler.scheduler_cls.__name__,
         "num_steps_used": cfg.num_steps or sampler.num_steps,
         "eta_used": sampler.eta if cfg.eta is None else cfg.eta,
-        "guidance_used": sampler.guidance_scale if cfg.guidance_scale is None else sampler_kwargs["guidance_scale"],
+        "guidance_used": sampler.guidance_scale
+        if cfg.guidance_scale is None
+        else sampler_kwargs["guidance_scale"],
         "resize": "none: samples and references at the training resolution",
         "feature_extractor": "facediff attribute classifier, penultimate features (domain FID/KID); "
-                             "no Inception weights are available offline",
+        "no Inception weights are available offline",
         "diversity": "not computed (no LPIPS backbone offline)",
-    }  # fmt: skip
+    }
     table = write_report(report, cfg.output_dir, {"protocol": protocol})
     print(table)
     log.info("wrote %s", Path(cfg.output_dir) / "metrics.json")

@@ -6,10 +6,9 @@ import json
 import logging
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from facediff.config import register_resolvers, validate
+from facediff.config import instantiate, register_resolvers, validate
 
 log = logging.getLogger("facediff.prepare")
 

@@ -21,8 +21,11 @@ def sample(cfg: DictConfig) -> Path:
     gen = FaceGenerator.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.use_ema)
     out = Path(cfg.output_dir)
     k = cfg.num_samples
-    gs = OmegaConf.to_container(cfg.guidance_scale) if OmegaConf.is_config(cfg.guidance_scale) \
-        else cfg.guidance_scale  # fmt: skip
+    gs = (
+        OmegaConf.to_container(cfg.guidance_scale)
+        if OmegaConf.is_config(cfg.guidance_scale)
+        else cfg.guidance_scale
+    )
     kwargs = {"num_steps": cfg.num_steps, "eta": cfg.eta, "guidance_scale": gs, "seed": cfg.seed}
     rows = []
     if cfg.from_split:
@@ -30,8 +33,9 @@ def sample(cfg: DictConfig) -> Path:
         from facediff.lit.callbacks import condition_batch, repeat_batch
 
         info = gen.model.data_info
-        dm = FaceDataModule(info["root"], info["resolution"], attributes=info["attr_names"],
-                            verify_hash=False)  # fmt: skip
+        dm = FaceDataModule(
+            info["root"], info["resolution"], attributes=info["attr_names"], verify_hash=False
+        )
         cond = condition_batch(dm, cfg.from_split, cfg.num_conditions)
         images = gen.sample(batch=repeat_batch(cond, k), **kwargs)
         real = to_uint8(cond["image"])
@@ -45,7 +49,9 @@ def sample(cfg: DictConfig) -> Path:
     for i, img in enumerate(images):
         save_png(img, out / "samples" / f"{i:04d}.png")
     path = save_png(grid(rows), out / "grid.png", cfg.upscale)
-    (out / "sample_config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+    (out / "sample_config.json").write_text(
+        json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1)
+    )
     log.info("wrote %d samples and %s", len(images), path)
     return path
 

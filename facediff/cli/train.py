@@ -8,10 +8,10 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from facediff.config import register_resolvers, validate
+from facediff.config import instantiate, register_resolvers, validate
 from facediff.lit.callbacks import AtomicCheckpointIO
 
 log = logging.getLogger("facediff.train")
@@ -21,7 +21,7 @@ def build_loggers(cfg: DictConfig) -> list:
     """Instantiate the configured loggers; W&B resumes the run of `ckpt_path` and falls back
     to offline when online logging cannot start."""
     loggers = []
-    for name, lg_cfg in (cfg.get("logger") or {}).items():
+    for _name, lg_cfg in (cfg.get("logger") or {}).items():
         lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
         if "WandbLogger" in lg_cfg.get("_target_", ""):
             from facediff.lit.wandb import wandb_logger
@@ -60,11 +60,21 @@ def train(cfg: DictConfig) -> dict:
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
     datamodule, model = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False,
-                                     callbacks=callbacks, plugins=[AtomicCheckpointIO()])  # fmt: skip
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        logger=build_loggers(cfg) or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
     log.info("trainable parameters: %.2f M", model.num_parameters() / 1e6)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:
+        log.warning(
+            "stopped by SIGTERM at step %d; resume with ckpt_path=%s",
+            trainer.global_step,
+            Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+        )
     finally:
         for lg in trainer.loggers:
             if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
@@ -85,10 +95,15 @@ def evaluate_after(cfg: DictConfig, model, datamodule, trainer) -> dict:
     ev = cfg.evaluation
     parser, classifier = evaluators(datamodule, ev.dir, ev.parser_steps, ev.classifier_steps)
     report = fidelity_report(model, datamodule, parser, classifier, ev.num_conditions, ev.seed)
-    table = write_report(report, cfg.paths.output_dir,
-                         {"checkpoint_step": trainer.global_step, "protocol": dict(ev)})  # fmt: skip
-    print(f"\nfidelity of {report['num_conditions']} samples (EMA weights, "
-          f"{model.sampler.num_steps} DDIM steps, guidance {model.sampler.guidance_scale}):\n{table}\n")
+    table = write_report(
+        report,
+        cfg.paths.output_dir,
+        {"checkpoint_step": trainer.global_step, "protocol": dict(ev)},
+    )
+    print(
+        f"\nfidelity of {report['num_conditions']} samples (EMA weights, "
+        f"{model.sampler.num_steps} DDIM steps, guidance {model.sampler.guidance_scale}):\n{table}\n"
+    )
     return report["rows"]
 
 

@@ -63,24 +63,49 @@ class DiffusionLoss(nn.Module):
             and positive `threshold`; needs `attr_embeddings` in `extras`.
     """
 
-    def __init__(self, weighting: nn.Module | None = None, region_weight: float = 0.0,
-                 region_classes: tuple[str, ...] = ("l_eye", "r_eye", "l_brow", "r_brow",
-                                                    "mouth", "u_lip", "l_lip"),
-                 infonce_weight: float = 0.0, tau: float = 0.07, threshold: float = 0.8):  # fmt: skip
+    def __init__(
+        self,
+        weighting: nn.Module | None = None,
+        region_weight: float = 0.0,
+        region_classes: tuple[str, ...] = (
+            "l_eye",
+            "r_eye",
+            "l_brow",
+            "r_brow",
+            "mouth",
+            "u_lip",
+            "l_lip",
+        ),
+        infonce_weight: float = 0.0,
+        tau: float = 0.07,
+        threshold: float = 0.8,
+    ):
         super().__init__()
         self.weighting = weighting or NoWeighting()
         unknown = [c for c in region_classes if c not in MASK_CLASSES]
         if unknown:
-            raise ValueError(f"loss.region_classes: unknown {unknown}; valid: {list(MASK_CLASSES)}")
-        self.region_weight, self.region_ids = region_weight, [MASK_CLASSES.index(c) for c in region_classes]
+            raise ValueError(
+                f"loss.region_classes: unknown {unknown}; valid: {list(MASK_CLASSES)}"
+            )
+        self.region_weight, self.region_ids = (
+            region_weight,
+            [MASK_CLASSES.index(c) for c in region_classes],
+        )
         self.infonce_weight, self.tau, self.threshold = infonce_weight, tau, threshold
 
     @property
     def requires(self) -> set[str]:
         return {"mask"} if self.region_weight else set()
 
-    def forward(self, pred: Tensor, target: Tensor, snr: Tensor, batch: dict,
-                prediction_type: str = "epsilon", extras: dict | None = None) -> dict[str, Tensor]:  # fmt: skip
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        snr: Tensor,
+        batch: dict,
+        prediction_type: str = "epsilon",
+        extras: dict | None = None,
+    ) -> dict[str, Tensor]:
         """Returns {"loss": (B,) per-sample total, and each term (B,) or scalar for logging}."""
         w = self.weighting(snr.float(), prediction_type)  # (B,)
         se = (pred.float() - target.float()) ** 2  # (B, C, h, w)

@@ -63,21 +63,41 @@ class Sampler:
             whose values are not bounded (a pitfall of public face LDMs).
     """
 
-    def __init__(self, scheduler: type, num_steps: int = 50, eta: float = 0.0,
-                 guidance_scale: float | dict[str, float] = 1.0,
-                 clip_sample: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        scheduler: type,
+        num_steps: int = 50,
+        eta: float = 0.0,
+        guidance_scale: float | dict[str, float] = 1.0,
+        clip_sample: bool | None = None,
+    ):
         self.scheduler_cls, self.num_steps, self.eta = scheduler, num_steps, eta
         self.clip_sample = clip_sample
-        self.guidance_scale = dict(guidance_scale) if hasattr(guidance_scale, "items") else guidance_scale
+        self.guidance_scale = (
+            dict(guidance_scale) if hasattr(guidance_scale, "items") else guidance_scale
+        )
         self._takes_eta = "eta" in inspect.signature(scheduler.step).parameters
         if eta and not self._takes_eta:
-            raise ValueError(f"sampler.eta={eta}: {scheduler.__name__} has no eta; use DDIMScheduler")
+            raise ValueError(
+                f"sampler.eta={eta}: {scheduler.__name__} has no eta; use DDIMScheduler"
+            )
 
     @torch.no_grad()
-    def __call__(self, denoise: Callable, conditioner, batch: dict, shape, train_config,
-                 generator: torch.Generator | None = None, num_steps: int | None = None,
-                 eta: float | None = None, guidance_scale=None, drop: dict | None = None,
-                 pixel_space: bool = False, progress: bool = False) -> Tensor:  # fmt: skip
+    def __call__(
+        self,
+        denoise: Callable,
+        conditioner,
+        batch: dict,
+        shape,
+        train_config,
+        generator: torch.Generator | None = None,
+        num_steps: int | None = None,
+        eta: float | None = None,
+        guidance_scale=None,
+        drop: dict | None = None,
+        pixel_space: bool = False,
+        progress: bool = False,
+    ) -> Tensor:
         """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`; conditions named
         True in `drop` are replaced by their null embedding at every guidance level."""
         clip = pixel_space if self.clip_sample is None else self.clip_sample
@@ -93,7 +113,10 @@ class Sampler:
         levels, coef = guidance_levels(names, gs)
         levels = [level | {n: True for n in dropped} for level in levels]
         device = next(conditioner.parameters()).device
-        zt = torch.randn(shape, generator=generator, device="cpu").to(device) * scheduler.init_noise_sigma
+        zt = (
+            torch.randn(shape, generator=generator, device="cpu").to(device)
+            * scheduler.init_noise_sigma
+        )
         from facediff.models.conditioning import Condition
 
         cond = Condition.cat([conditioner(batch, drop=d, spatial_size=shape[-2:]) for d in levels])

@@ -20,7 +20,9 @@ def mask_scores(pred: Tensor, target: Tensor, num_classes: int = NUM_MASK_CLASSE
     target or the prediction (absent-in-both classes are ignored, as face-parsing papers do)."""
     acc = MulticlassAccuracy(num_classes, average="micro")(pred.flatten(), target.flatten())
     jac = MulticlassJaccardIndex(num_classes, average="none")(pred.flatten(), target.flatten())
-    present = torch.bincount(torch.cat([pred.flatten(), target.flatten()]), minlength=num_classes) > 0
+    present = (
+        torch.bincount(torch.cat([pred.flatten(), target.flatten()]), minlength=num_classes) > 0
+    )
     return {"mask_acc": float(acc), "miou": float(jac[present].mean())}
 
 
@@ -30,8 +32,10 @@ def attribute_scores(pred: Tensor, target: Tensor, known: Tensor, names: list[st
     per = correct.sum(0).float() / known.sum(0).clamp(min=1)
     has = known.any(0)
     per_attr = {n: float(per[i]) for i, n in enumerate(names) if has[i]}
-    return {"attr_acc": float(per[has].mean()) if has.any() else float("nan"),
-            "attr_acc_per_attribute": per_attr}  # fmt: skip
+    return {
+        "attr_acc": float(per[has].mean()) if has.any() else float("nan"),
+        "attr_acc_per_attribute": per_attr,
+    }
 
 
 class _DomainFeatures(torch.nn.Module):
@@ -40,9 +44,14 @@ class _DomainFeatures(torch.nn.Module):
     def __init__(self, classifier):
         super().__init__()
         self.classifier = classifier
+        self.num_features = classifier.num_features
 
     def forward(self, x):
         return self.classifier.features(x.float() / 127.5 - 1)
+
+
+def _to_uint8(x: Tensor) -> Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def feature_distances(real: Tensor, fake: Tensor, classifier, kid_subset_size: int = 50) -> dict:
@@ -52,14 +61,13 @@ def feature_distances(real: Tensor, fake: Tensor, classifier, kid_subset_size: i
     from torchmetrics.image.kid import KernelInceptionDistance
 
     extractor = _DomainFeatures(classifier.float().cpu().eval())
-    size = tuple(real.shape[1:])
-    fid = FrechetInceptionDistance(feature=extractor, input_img_size=size)
-    kid = KernelInceptionDistance(feature=extractor, input_img_size=size,
-                                  subset_size=min(kid_subset_size, len(real), len(fake)))  # fmt: skip
-    to_u8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
+    fid = FrechetInceptionDistance(feature=extractor)
+    kid = KernelInceptionDistance(
+        feature=extractor, subset_size=min(kid_subset_size, len(real), len(fake))
+    )
     with torch.no_grad():
         for metric in (fid, kid):
-            metric.update(to_u8(real), real=True)
-            metric.update(to_u8(fake), real=False)
+            metric.update(_to_uint8(real), real=True)
+            metric.update(_to_uint8(fake), real=False)
         kid_mean, _ = kid.compute()
         return {"fid": float(fid.compute()), "kid": float(kid_mean)}

@@ -27,24 +27,37 @@ def _fit(module: L.LightningModule, datamodule, steps: int, batch_size: int, pat
     ds = datamodule.dataset("train")
     gen = torch.Generator().manual_seed(0)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=gen, drop_last=True)
-    trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False,
-                        precision="bf16-mixed", limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        precision="bf16-mixed",
+        limit_val_batches=0,
+    )
     trainer.fit(module, loader)
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
     return module.eval()
 
 
-def evaluators(datamodule, directory, parser_steps: int = 300, classifier_steps: int = 300,
-               small: bool = True):  # fmt: skip
+def evaluators(
+    datamodule, directory, parser_steps: int = 300, classifier_steps: int = 300, small: bool = True
+):
     """(parser, classifier) for this data set, trained once and cached in `directory`."""
     directory = Path(directory)
     p_path, c_path = directory / "face_parser.ckpt", directory / "attribute_classifier.ckpt"
     n_attr = len(datamodule.attr_names)
     if small:  # sized for 32-64 px on a CPU
-        p_kw = dict(hidden_sizes=(32, 64, 128, 256), depths=(1, 1, 1, 1), strides=(2, 2, 2, 2),
-                    sr_ratios=(1, 1, 1, 1), decoder_hidden_size=128)  # fmt: skip
+        p_kw = dict(
+            hidden_sizes=(32, 64, 128, 256),
+            depths=(1, 1, 1, 1),
+            strides=(2, 2, 2, 2),
+            sr_ratios=(1, 1, 1, 1),
+            decoder_hidden_size=128,
+        )
         c_kw = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1))
     else:  # ResNet-18 and SegFormer-B0 for 256 px
         p_kw, c_kw = {}, {}
@@ -57,8 +70,9 @@ def evaluators(datamodule, directory, parser_steps: int = 300, classifier_steps:
         classifier = AttributeClassifier.load_from_checkpoint(c_path, map_location="cpu").eval()
     else:
         log.info("training the attribute classifier for %d steps", classifier_steps)
-        classifier = _fit(AttributeClassifier(n_attr, **c_kw), datamodule, classifier_steps, 64,
-                          c_path)  # fmt: skip
+        classifier = _fit(
+            AttributeClassifier(n_attr, **c_kw), datamodule, classifier_steps, 64, c_path
+        )
     return parser, classifier
 
 
@@ -79,20 +93,35 @@ def roll(cond: dict) -> dict:
 
 
 @torch.no_grad()
-def fidelity_report(model, datamodule, parser, classifier, num_conditions: int = 64,
-                    seed: int = 0, batch_size: int = 64, split: str = "val",
-                    sampler_kwargs: dict | None = None) -> dict:  # fmt: skip
+def fidelity_report(
+    model,
+    datamodule,
+    parser,
+    classifier,
+    num_conditions: int = 64,
+    seed: int = 0,
+    batch_size: int = 64,
+    split: str = "val",
+    sampler_kwargs: dict | None = None,
+) -> dict:
     """Ground truth, samples vs their own conditions, samples vs shuffled conditions."""
     names = datamodule.attr_names
     cond = condition_batch(datamodule, split, num_conditions)
     model.eval()
     model.swap_ema(True)
     try:
-        images = torch.cat([
-            model.generate(to_device({k: v[i : i + batch_size] for k, v in cond.items()},
-                                     model.device), seed=seed + i, **(sampler_kwargs or {})).float().cpu()
-            for i in range(0, len(cond["image"]), batch_size)
-        ])  # fmt: skip
+        images = torch.cat(
+            [
+                model.generate(
+                    to_device({k: v[i : i + batch_size] for k, v in cond.items()}, model.device),
+                    seed=seed + i,
+                    **(sampler_kwargs or {}),
+                )
+                .float()
+                .cpu()
+                for i in range(0, len(cond["image"]), batch_size)
+            ]
+        )
     finally:
         model.swap_ema(False)
     parser, classifier = parser.float().cpu(), classifier.float().cpu()
@@ -101,17 +130,29 @@ def fidelity_report(model, datamodule, parser, classifier, num_conditions: int =
         "samples vs own conditions": score(images, cond, parser, classifier, names),
         "samples vs shuffled conditions": score(images, roll(cond), parser, classifier, names),
     }
-    return {"num_conditions": len(images), "attributes": names, "rows": rows, "images": images,
-            "real_images": cond["image"]}  # fmt: skip
+    return {
+        "num_conditions": len(images),
+        "attributes": names,
+        "rows": rows,
+        "images": images,
+        "real_images": cond["image"],
+    }
 
 
 def markdown_table(rows: dict) -> str:
-    cols = [("fid", "FID*"), ("kid", "KID* x100"), ("mask_acc", "mask acc."), ("miou", "mIoU"),
-            ("attr_acc", "attribute acc.")]
+    cols = [
+        ("fid", "FID*"),
+        ("kid", "KID* x100"),
+        ("mask_acc", "mask acc."),
+        ("miou", "mIoU"),
+        ("attr_acc", "attribute acc."),
+    ]
     lines = ["| | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        cells = [(f"{r[k]:.2f}" if k == "fid" else f"{100 * r[k]:.1f}") if k in r else "-"
-                 for k, _ in cols]  # fmt: skip
+        cells = [
+            (f"{r[k]:.2f}" if k == "fid" else f"{100 * r[k]:.1f}") if k in r else "-"
+            for k, _ in cols
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

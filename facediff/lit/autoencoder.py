@@ -26,17 +26,29 @@ class AutoencoderTraining(L.LightningModule):
     kl_weight: weight of the KL term (small: the latent stays close to an autoencoder's).
     """
 
-    def __init__(self, output_dir: str, block_out_channels: tuple[int, ...] = (32, 64, 64),
-                 latent_channels: int = 4, layers_per_block: int = 1, norm_num_groups: int = 8,
-                 kl_weight: float = 1e-6, lr: float = 1e-3, scale_batches: int = 8):  # fmt: skip
+    def __init__(
+        self,
+        output_dir: str,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        latent_channels: int = 4,
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        kl_weight: float = 1e-6,
+        lr: float = 1e-3,
+        scale_batches: int = 8,
+    ):
         super().__init__()
         n = len(block_out_channels)
         self.vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-            up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(block_out_channels),
-            latent_channels=latent_channels, layers_per_block=layers_per_block,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(block_out_channels),
+            latent_channels=latent_channels,
+            layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups,
-        )  # fmt: skip
+        )
         self.output_dir, self.kl_weight, self.lr = Path(output_dir), kl_weight, lr
         self.scale_batches = scale_batches
         self.requires: set[str] = set()

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import default_collate
 
 from facediff.visualize import colorize, grid, save_png, to_uint8
@@ -37,11 +38,21 @@ class SampleGrid(L.Callback):
     conditions and fixed seeds; each row: the real image, its mask, then the samples.
     Written to `<run>/samples/step_XXXXXX.png` and logged to W&B when it is a logger."""
 
-    def __init__(self, every_n_steps: int = 500, num_conditions: int = 6,
-                 samples_per_condition: int = 4, num_steps: int | None = None, seed: int = 0,
-                 upscale: int = 2):  # fmt: skip
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_conditions: int = 6,
+        samples_per_condition: int = 4,
+        num_steps: int | None = None,
+        seed: int = 0,
+        upscale: int = 2,
+    ):
         self.every_n_steps, self.num_conditions = every_n_steps, num_conditions
-        self.samples_per_condition, self.num_steps, self.seed = samples_per_condition, num_steps, seed
+        self.samples_per_condition, self.num_steps, self.seed = (
+            samples_per_condition,
+            num_steps,
+            seed,
+        )
         self.upscale = upscale
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -54,8 +65,12 @@ class SampleGrid(L.Callback):
 
     @torch.no_grad()
     def write(self, trainer, pl_module) -> Path | None:
-        if (trainer.datamodule is None or not trainer.is_global_zero or trainer.fast_dev_run
-                or not hasattr(pl_module, "generate")):
+        if (
+            trainer.datamodule is None
+            or not trainer.is_global_zero
+            or trainer.fast_dev_run
+            or not hasattr(pl_module, "generate")
+        ):
             return None
         cond = condition_batch(trainer.datamodule, "val", self.num_conditions)
         k = self.samples_per_condition
@@ -75,8 +90,9 @@ class SampleGrid(L.Callback):
             row = [real[i]] + ([colorize(cond["mask"][i])] if "mask" in cond else [])
             rows.append(row + list(images[i * k : (i + 1) * k]))
         root = Path(trainer.default_root_dir)
-        path = save_png(grid(rows), root / "samples" / f"step_{trainer.global_step:06d}.png",
-                        self.upscale)  # fmt: skip
+        path = save_png(
+            grid(rows), root / "samples" / f"step_{trainer.global_step:06d}.png", self.upscale
+        )
         for lg in trainer.loggers:
             if isinstance(lg, L.pytorch.loggers.WandbLogger):
                 lg.log_image("samples", [str(path)], step=trainer.global_step)
@@ -87,11 +103,15 @@ class SampleGrid(L.Callback):
 class GracefulInterrupt(L.Callback):
     """SIGTERM or SIGINT: finish the current step, write `<dirpath>/last.ckpt`, stop cleanly.
 
-    A second signal is left to the default handler (an immediate stop)."""
+    SIGINT gets a handler of its own (instead of a KeyboardInterrupt in the middle of a step);
+    SIGTERM goes through Lightning's own handler, which ends the step and raises
+    SIGTERMException: the checkpoint is written then (`on_exception`). A second SIGINT stops
+    at once."""
 
-    def __init__(self, dirpath: str, signals: tuple[str, ...] = ("SIGTERM", "SIGINT")):
+    def __init__(self, dirpath: str, signals: tuple[str, ...] = ("SIGINT",)):
         self.dirpath, self.signals = Path(dirpath), signals
         self.received: str | None = None
+        self.saved = False
         self._previous = {}
 
     def _handler(self, signum, frame) -> None:
@@ -100,20 +120,36 @@ class GracefulInterrupt(L.Callback):
             signal.signal(getattr(signal, name), prev)
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.received, self.saved = None, False
         if trainer.is_global_zero:
             for name in self.signals:
                 sig = getattr(signal, name)
                 self._previous[name] = signal.getsignal(sig)
                 signal.signal(sig, self._handler)
 
+    def _save(self, trainer, why: str) -> None:
+        if self.saved:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = True
+        log.warning(
+            "%s received: checkpoint written to %s (step %d); stopping",
+            why,
+            path,
+            trainer.global_step,
+        )
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received:
-            path = self.dirpath / "last.ckpt"
-            trainer.save_checkpoint(path)
-            log.warning("%s received: checkpoint written to %s; stopping", self.received, path)
+        if self.received or trainer.received_sigterm:
+            self._save(trainer, self.received or "SIGTERM")
             trainer.should_stop = True
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, SIGTERMException) or self.received:
+            self._save(trainer, self.received or "SIGTERM")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
         for name, prev in self._previous.items():
             signal.signal(getattr(signal, name), prev)
         self._previous = {}

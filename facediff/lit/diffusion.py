@@ -68,8 +68,9 @@ class LatentDiffusion(L.LightningModule):
         self.prediction_type = noise_scheduler.config.prediction_type
         alphas = noise_scheduler.alphas_cumprod.float()
         self.register_buffer("snr", snr_from_alphas(alphas), persistent=False)
-        self.ema = EMAModel(self.trainable_parameters(), decay=ema_decay, use_ema_warmup=True,
-                            power=ema_power)  # fmt: skip
+        self.ema = EMAModel(
+            self.trainable_parameters(), decay=ema_decay, use_ema_warmup=True, power=ema_power
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.bad_steps = 0  # consecutive
         self.total_bad_steps = 0
@@ -82,16 +83,32 @@ class LatentDiffusion(L.LightningModule):
         den, cond, ae = self.denoiser, self.conditioner, self.autoencoder
         latent = ae.latent_size(self.image_size)
         checks = [
-            (den.sample_size, latent, "denoiser.sample_size", "the autoencoder's latent size "
-             f"for data.resolution={self.image_size}"),
-            (den.in_channels, ae.latent_channels, "denoiser.in_channels",
-             "autoencoder latent channels"),
-            (den.extra_in_channels, cond.channels("spatial"), "denoiser.extra_in_channels",
-             "the conditioner's spatial channels"),
-            (den.vector_dim, cond.channels("vector"), "denoiser.vector_dim",
-             "the conditioner's vector width"),
+            (
+                den.sample_size,
+                latent,
+                "denoiser.sample_size",
+                f"the autoencoder's latent size for data.resolution={self.image_size}",
+            ),
+            (
+                den.in_channels,
+                ae.latent_channels,
+                "denoiser.in_channels",
+                "autoencoder latent channels",
+            ),
+            (
+                den.extra_in_channels,
+                cond.channels("spatial"),
+                "denoiser.extra_in_channels",
+                "the conditioner's spatial channels",
+            ),
+            (
+                den.vector_dim,
+                cond.channels("vector"),
+                "denoiser.vector_dim",
+                "the conditioner's vector width",
+            ),
             (den.cross_attention_dim, cond.dim, "denoiser.cross_attention_dim", "conditioner.dim"),
-        ]  # fmt: skip
+        ]
         for got, want, option, what in checks:
             if got != want:
                 raise ValueError(f"{option}={got} does not match {what} ({want})")
@@ -150,21 +167,25 @@ class LatentDiffusion(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        finite = (
+            bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        )
         if not finite:
             self._record_bad_step("gradient")
             for p in self.trainable_parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient
-        else:
-            self._step_ok = True
 
     def _record_bad_step(self, what: str) -> None:
         self._step_ok = False
         self.bad_steps += 1
         self.total_bad_steps += 1
         self.log("train/skipped_steps", float(self.total_bad_steps))
-        log.warning("non-finite %s at step %d: step skipped (%d in a row)", what,
-                    self.global_step, self.bad_steps)  # fmt: skip
+        log.warning(
+            "non-finite %s at step %d: step skipped (%d in a row)",
+            what,
+            self.global_step,
+            self.bad_steps,
+        )
         if self.bad_steps >= self.max_bad_steps:
             raise NonFiniteTrainingError(
                 f"{self.bad_steps} consecutive steps had a non-finite {what} (model.max_bad_steps="
@@ -184,8 +205,13 @@ class LatentDiffusion(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         g = torch.Generator().manual_seed(10_000 + batch_idx)  # the same t and noise every time
         terms = self.diffusion_loss(batch, g)
-        self.log("val/loss", terms["mse"].mean(), prog_bar=True, sync_dist=True,
-                 batch_size=len(terms["mse"]))  # fmt: skip
+        self.log(
+            "val/loss",
+            terms["mse"].mean(),
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(terms["mse"]),
+        )
 
     def on_validation_epoch_end(self) -> None:
         self.swap_ema(False)
@@ -202,8 +228,9 @@ class LatentDiffusion(L.LightningModule):
 
     # ---------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, batch: dict, seed: int = 0, drop: dict | None = None,
-                 **sampler_kwargs) -> Tensor:  # fmt: skip
+    def generate(
+        self, batch: dict, seed: int = 0, drop: dict | None = None, **sampler_kwargs
+    ) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; call
         `swap_ema(True)` first, or use `facediff.api.FaceGenerator`, for the EMA weights)."""
         b = len(batch[next(iter(batch))])
@@ -212,8 +239,17 @@ class LatentDiffusion(L.LightningModule):
         g = torch.Generator().manual_seed(seed)
         sampler_kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
         pixel_space = isinstance(self.autoencoder, PixelSpace)
-        z0 = self.sampler(self.denoiser, self.conditioner, batch, shape, self.noise_scheduler.config,
-                          generator=g, drop=drop, pixel_space=pixel_space, **sampler_kwargs)  # fmt: skip
+        z0 = self.sampler(
+            self.denoiser,
+            self.conditioner,
+            batch,
+            shape,
+            self.noise_scheduler.config,
+            generator=g,
+            drop=drop,
+            pixel_space=pixel_space,
+            **sampler_kwargs,
+        )
         return self.autoencoder.decode(z0.to(self.dtype)).float().clamp(-1, 1)
 
     # ------------------------------------------------------------------------- optimizers
@@ -245,4 +281,3 @@ class LatentDiffusion(L.LightningModule):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
-

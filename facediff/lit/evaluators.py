@@ -7,10 +7,15 @@ every evaluation table.
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 import torch.nn.functional as F
-import lightning as L
-from transformers import ResNetConfig, ResNetModel, SegformerConfig, SegformerForSemanticSegmentation
+from transformers import (
+    ResNetConfig,
+    ResNetModel,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+)
 
 from facediff.data.datamodule import hflip
 from facediff.data.labels import NUM_MASK_CLASSES
@@ -21,13 +26,24 @@ class AttributeClassifier(L.LightningModule):
     BCE on the known attributes only. `features(x)` gives the penultimate features (a domain
     feature extractor for FID/KID)."""
 
-    def __init__(self, num_attributes: int, widths: tuple[int, ...] = (64, 128, 256, 512),
-                 depths: tuple[int, ...] = (2, 2, 2, 2), lr: float = 1e-3):  # fmt: skip
+    def __init__(
+        self,
+        num_attributes: int,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        depths: tuple[int, ...] = (2, 2, 2, 2),
+        lr: float = 1e-3,
+    ):
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = ResNetModel(ResNetConfig(num_channels=3, embedding_size=widths[0],
-                                                 hidden_sizes=list(widths), depths=list(depths),
-                                                 layer_type="basic"))  # fmt: skip
+        self.backbone = ResNetModel(
+            ResNetConfig(
+                num_channels=3,
+                embedding_size=widths[0],
+                hidden_sizes=list(widths),
+                depths=list(depths),
+                layer_type="basic",
+            )
+        )
         self.head = torch.nn.Linear(widths[-1], num_attributes)
         self.num_features = widths[-1]
 
@@ -40,8 +56,9 @@ class AttributeClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         logits = self(batch["image"])
         known = batch["attrs_known"].float()
-        loss = (F.binary_cross_entropy_with_logits(logits, batch["attrs"], reduction="none")
-                * known).sum() / known.sum().clamp(min=1)  # fmt: skip
+        loss = (
+            F.binary_cross_entropy_with_logits(logits, batch["attrs"], reduction="none") * known
+        ).sum() / known.sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -59,18 +76,31 @@ class FaceParser(L.LightningModule):
     """19-class face parser: SegFormer (transformers) with random init, or from a local folder.
     `strides` (2, 2, 2, 2) keeps small images' detail (logits at half resolution)."""
 
-    def __init__(self, hidden_sizes: tuple[int, ...] = (32, 64, 160, 256),
-                 depths: tuple[int, ...] = (2, 2, 2, 2), strides: tuple[int, ...] = (4, 2, 2, 2),
-                 sr_ratios: tuple[int, ...] = (8, 4, 2, 1), decoder_hidden_size: int = 256,
-                 lr: float = 1e-3, flip_p: float = 0.5):  # fmt: skip
+    def __init__(
+        self,
+        hidden_sizes: tuple[int, ...] = (32, 64, 160, 256),
+        depths: tuple[int, ...] = (2, 2, 2, 2),
+        strides: tuple[int, ...] = (4, 2, 2, 2),
+        sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
+        decoder_hidden_size: int = 256,
+        lr: float = 1e-3,
+        flip_p: float = 0.5,
+    ):
         super().__init__()
         self.save_hyperparameters()
         n = len(hidden_sizes)
-        config = SegformerConfig(num_channels=3, num_labels=NUM_MASK_CLASSES, num_encoder_blocks=n,
-                                 hidden_sizes=list(hidden_sizes), depths=list(depths),
-                                 strides=list(strides), patch_sizes=[max(3, s + 1 + s % 2) for s in strides],
-                                 sr_ratios=list(sr_ratios), num_attention_heads=[1, 2, 5, 8][:n],
-                                 decoder_hidden_size=decoder_hidden_size)  # fmt: skip
+        config = SegformerConfig(
+            num_channels=3,
+            num_labels=NUM_MASK_CLASSES,
+            num_encoder_blocks=n,
+            hidden_sizes=list(hidden_sizes),
+            depths=list(depths),
+            strides=list(strides),
+            patch_sizes=[max(3, s + 1 + s % 2) for s in strides],
+            sr_ratios=list(sr_ratios),
+            num_attention_heads=[1, 2, 5, 8][:n],
+            decoder_hidden_size=decoder_hidden_size,
+        )
         self.segformer = SegformerForSemanticSegmentation(config)
 
     def forward(self, x):

@@ -6,7 +6,8 @@ import logging
 import os
 
 import torch
-from hydra.utils import instantiate
+
+from facediff.config import instantiate
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def wandb_logger(cfg: dict, ckpt_path=None):
         _ = logger.experiment  # starts the run now, so failures surface here
         return logger
     except Exception as e:  # noqa: BLE001 - any failure of the W&B service
-        log.warning("W&B could not start online (%s: %s); logging offline instead",
-                    type(e).__name__, e)  # fmt: skip
+        log.warning(
+            "W&B could not start online (%s: %s); logging offline instead", type(e).__name__, e
+        )
         cfg["offline"] = True
         return instantiate(cfg)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 KNOWN_SCALING_FACTORS = {"kl": 0.18215, "vq": 1.0}  # SD-VAE (KL-f8), LDM VQ-f4
 
 
-def from_pretrained(cls, name_or_path: str, option: str, **kwargs):
+def from_pretrained(cls, name_or_path: str, option: str, hint: str = "", **kwargs):
     """`cls.from_pretrained` that fails with a clear message when the weights are absent.
 
     A local folder must hold `config.json` and the weights; a hub name needs network access,
@@ -23,11 +23,19 @@ def from_pretrained(cls, name_or_path: str, option: str, **kwargs):
     """
     path = Path(name_or_path).expanduser()
     wanted = "config.json and diffusion_pytorch_model.safetensors (or model.safetensors)"
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"{option}={name_or_path}: folder not found; it must hold {wanted}"
+            + (f" ({hint})" if hint else "")
+        )
     if path.exists():
         sub = path / kwargs.get("subfolder", "") if kwargs.get("subfolder") else path
         if not (sub / "config.json").is_file():
-            raise FileNotFoundError(f"{option}={name_or_path}: {sub / 'config.json'} not found; "
-                                    f"the folder must hold {wanted}")  # fmt: skip
+            raise FileNotFoundError(
+                f"{option}={name_or_path}: {sub / 'config.json'} not found; "
+                f"the folder must hold {wanted}"
+            )
         return cls.from_pretrained(str(path), **kwargs)
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
@@ -84,8 +92,13 @@ class DiffusersAutoencoder(Autoencoder):
         image_size: the image resolution it is used at (for `latent_shape` checks).
     """
 
-    def __init__(self, pretrained: str, kind: str = "kl", scaling_factor: float | None = None,
-                 subfolder: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        pretrained: str,
+        kind: str = "kl",
+        scaling_factor: float | None = None,
+        subfolder: str | None = None,
+    ):
         super().__init__()
         from diffusers import AutoencoderKL, VQModel
 
@@ -93,7 +106,10 @@ class DiffusersAutoencoder(Autoencoder):
         if kind not in classes:
             raise ValueError(f"autoencoder.kind: expected one of {list(classes)}, got {kind!r}")
         kwargs = {"subfolder": subfolder} if subfolder else {}
-        self.model = from_pretrained(classes[kind], pretrained, "autoencoder.pretrained", **kwargs)
+        hint = "facediff's own small autoencoder is written by `facediff-train experiment=autoencoder`"
+        self.model = from_pretrained(
+            classes[kind], pretrained, "autoencoder.pretrained", hint, **kwargs
+        )
         self.model.requires_grad_(False).eval()
         self.kind = kind
         cfg_scale = getattr(self.model.config, "scaling_factor", None)

@@ -39,8 +39,12 @@ class Condition:
         def cat(xs):
             return None if xs[0] is None else torch.cat(xs)
 
-        return Condition(*(cat([getattr(c, f) for c in conds]) for f in
-                           ("tokens", "token_mask", "vector", "spatial")))  # fmt: skip
+        return Condition(
+            *(
+                cat([getattr(c, f) for c in conds])
+                for f in ("tokens", "token_mask", "vector", "spatial")
+            )
+        )
 
 
 class ConditionEncoder(nn.Module):
@@ -97,8 +101,14 @@ class AttributeEncoder(ConditionEncoder):
 
     requires = ("attrs", "attrs_known")
 
-    def __init__(self, num_attributes: int, dim: int, hidden: int = 512,
-                 per_attribute_tokens: bool = False, dropout: float = 0.1):  # fmt: skip
+    def __init__(
+        self,
+        num_attributes: int,
+        dim: int,
+        hidden: int = 512,
+        per_attribute_tokens: bool = False,
+        dropout: float = 0.1,
+    ):
         super().__init__(dropout)
         self.num_attributes, self.per_attribute_tokens = num_attributes, per_attribute_tokens
         if per_attribute_tokens:
@@ -106,8 +116,9 @@ class AttributeEncoder(ConditionEncoder):
             self.values = nn.Embedding(3, dim)
             self.null_tokens = nn.Parameter(torch.randn(num_attributes, dim) * 0.02)
         else:
-            self.mlp = nn.Sequential(nn.Linear(num_attributes, hidden), nn.SiLU(),
-                                     nn.Linear(hidden, dim))  # fmt: skip
+            self.mlp = nn.Sequential(
+                nn.Linear(num_attributes, hidden), nn.SiLU(), nn.Linear(hidden, dim)
+            )
             self.null_tokens = nn.Parameter(torch.randn(1, dim) * 0.02)
 
     def signed(self, batch) -> Tensor:
@@ -146,13 +157,25 @@ class MaskResNetEncoder(ConditionEncoder):
 
     requires = ("mask",)
 
-    def __init__(self, dim: int, pooled: bool = False, grid: int = 8,
-                 widths: tuple[int, ...] = (64, 128, 256, 512), depths: tuple[int, ...] = (2, 2, 2, 2),
-                 num_classes: int = NUM_MASK_CLASSES, dropout: float = 0.1):  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        pooled: bool = False,
+        grid: int = 8,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        depths: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = NUM_MASK_CLASSES,
+        dropout: float = 0.1,
+    ):
         super().__init__(dropout)
-        config = ResNetConfig(num_channels=num_classes, embedding_size=widths[0],
-                              hidden_sizes=list(widths), depths=list(depths), layer_type="basic",
-                              downsample_in_first_stage=False)  # fmt: skip
+        config = ResNetConfig(
+            num_channels=num_classes,
+            embedding_size=widths[0],
+            hidden_sizes=list(widths),
+            depths=list(depths),
+            layer_type="basic",
+            downsample_in_first_stage=False,
+        )
         self.resnet = ResNetModel(config)
         self.pooled, self.grid, self.num_classes = pooled, grid, num_classes
         n = 1 if pooled else grid * grid
@@ -180,19 +203,29 @@ class SegFormerMaskEncoder(ConditionEncoder):
 
     requires = ("mask",)
 
-    def __init__(self, dim: int, grid: int = 8, hidden_sizes: tuple[int, ...] = (32, 64, 160, 256),
-                 sr_ratios: tuple[int, ...] = (8, 4, 2, 1), pretrained: str | None = None,
-                 num_classes: int = NUM_MASK_CLASSES, dropout: float = 0.1):  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        grid: int = 8,
+        hidden_sizes: tuple[int, ...] = (32, 64, 160, 256),
+        sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
+        pretrained: str | None = None,
+        num_classes: int = NUM_MASK_CLASSES,
+        dropout: float = 0.1,
+    ):
         super().__init__(dropout)
         if pretrained:
             from facediff.models.autoencoders import from_pretrained
 
             self.segformer = from_pretrained(SegformerModel, pretrained, "conditioner.pretrained")
         else:
-            config = SegformerConfig(num_channels=num_classes, hidden_sizes=list(hidden_sizes),
-                                     num_attention_heads=[1, 2, 5, 8][: len(hidden_sizes)],
-                                     num_encoder_blocks=len(hidden_sizes),
-                                     sr_ratios=list(sr_ratios)[: len(hidden_sizes)])  # fmt: skip
+            config = SegformerConfig(
+                num_channels=num_classes,
+                hidden_sizes=list(hidden_sizes),
+                num_attention_heads=[1, 2, 5, 8][: len(hidden_sizes)],
+                num_encoder_blocks=len(hidden_sizes),
+                sr_ratios=list(sr_ratios)[: len(hidden_sizes)],
+            )
             self.segformer = SegformerModel(config)
         self.grid, self.num_classes = grid, num_classes
         self.proj = nn.Linear(self.segformer.config.hidden_sizes[-1], dim)
@@ -218,8 +251,12 @@ class MaskConcatEncoder(ConditionEncoder):
     kind = "spatial"
     requires = ("mask",)
 
-    def __init__(self, channels: int | None = None, num_classes: int = NUM_MASK_CLASSES,
-                 dropout: float = 0.1):  # fmt: skip
+    def __init__(
+        self,
+        channels: int | None = None,
+        num_classes: int = NUM_MASK_CLASSES,
+        dropout: float = 0.1,
+    ):
         super().__init__(dropout)
         self.num_classes = num_classes
         self.channels = channels or num_classes
@@ -297,11 +334,14 @@ class Conditioner(nn.Module):
 
     def sample_drop(self, batch_size: int, generator=None, device=None) -> dict[str, Tensor]:
         """Per-sample training dropout, each condition with its own rate."""
-        return {n: (torch.rand(batch_size, generator=generator) < e.dropout).to(device)
-                for n, e in self.encoders.items()}  # fmt: skip
+        return {
+            n: (torch.rand(batch_size, generator=generator) < e.dropout).to(device)
+            for n, e in self.encoders.items()
+        }
 
-    def forward(self, batch: dict, drop: dict[str, Tensor | bool] | None = None,
-                spatial_size=None) -> Condition:  # fmt: skip
+    def forward(
+        self, batch: dict, drop: dict[str, Tensor | bool] | None = None, spatial_size=None
+    ) -> Condition:
         b = len(batch[next(iter(batch))])
         device = next(self.parameters()).device
         out: dict[str, list[Tensor]] = {k: [] for k in KINDS}
@@ -312,7 +352,9 @@ class Conditioner(nn.Module):
             out[enc.kind].append(enc(batch, d.to(device), spatial_size))
         tokens = torch.cat(out["tokens"], 1)  # (B, L, D)
         if tokens.shape[-1] != self.dim:
-            raise ValueError(f"conditioner: token width {tokens.shape[-1]} != conditioner.dim {self.dim}")
+            raise ValueError(
+                f"conditioner: token width {tokens.shape[-1]} != conditioner.dim {self.dim}"
+            )
         return Condition(
             tokens=tokens,
             token_mask=torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device),
@@ -321,7 +363,9 @@ class Conditioner(nn.Module):
         )
 
 
-def info_nce(embeddings: Tensor, attrs: Tensor, tau: float = 0.07, threshold: float = 0.8) -> Tensor:
+def info_nce(
+    embeddings: Tensor, attrs: Tensor, tau: float = 0.07, threshold: float = 0.8
+) -> Tensor:
     """InfoNCE over attribute embeddings (Sec. 2 of METHODS.md), done right.
 
     Positives of anchor i: the other samples j != i whose attribute vectors have cosine

@@ -84,5 +84,10 @@ class UNet(nn.Module):
                 f"{self.in_channels} + extra_in_channels {self.extra_in_channels}"
             )
         vector = cond.vector if self.vector_dim else None
-        return self.unet(x, t, encoder_hidden_states=cond.tokens,
-                         encoder_attention_mask=cond.token_mask, class_labels=vector).sample  # fmt: skip
+        return self.unet(
+            x,
+            t,
+            encoder_hidden_states=cond.tokens,
+            encoder_attention_mask=cond.token_mask,
+            class_labels=vector,
+        ).sample

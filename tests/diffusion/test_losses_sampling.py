@@ -30,7 +30,8 @@ def test_min_snr():
     snr = torch.tensor([0.5, 5.0, 50.0])
     assert MinSNRWeighting(5.0)(snr).tolist() == pytest.approx([1.0, 1.0, 0.1])
     assert MinSNRWeighting(5.0)(snr, "v_prediction").tolist() == pytest.approx(
-        [0.5 / 1.5, 5 / 6, 5 / 51])
+        [0.5 / 1.5, 5 / 6, 5 / 51]
+    )
 
 
 def test_loss_is_weighted_per_sample_mse_and_region_term():
@@ -72,8 +73,11 @@ def make_cond():
 
 
 def batch():
-    return {"attrs": torch.tensor([[1.0, 0, 1]]), "attrs_known": torch.ones(1, 3, dtype=torch.bool),
-            "mask": torch.randint(0, 19, (1, 8, 8), generator=torch.Generator().manual_seed(0))}
+    return {
+        "attrs": torch.tensor([[1.0, 0, 1]]),
+        "attrs_known": torch.ones(1, 3, dtype=torch.bool),
+        "mask": torch.randint(0, 19, (1, 8, 8), generator=torch.Generator().manual_seed(0)),
+    }
 
 
 def denoise_fn(x, t, cond):  # a denoiser whose output depends on the condition
@@ -84,8 +88,18 @@ def test_guidance_scale_one_equals_conditional_and_sampling_is_seeded():
     cond = make_cond()
     s = Sampler(DDIMScheduler, num_steps=3)
     cfg = SCHED.config
-    run = lambda gs, seed: s(denoise_fn, cond, batch(), (1, 3, 8, 8), cfg,  # noqa: E731
-                             torch.Generator().manual_seed(seed), guidance_scale=gs)
+
+    def run(gs, seed):
+        return s(
+            denoise_fn,
+            cond,
+            batch(),
+            (1, 3, 8, 8),
+            cfg,
+            torch.Generator().manual_seed(seed),
+            guidance_scale=gs,
+        )
+
     a1 = run(1.0, 0)
     torch.testing.assert_close(run({"attrs": 1.0, "mask": 1.0}, 0), a1)
     torch.testing.assert_close(run(1.0, 0), a1)  # seeded: repeatable
@@ -98,8 +112,10 @@ def test_ddim_eta_needs_a_scheduler_that_has_it():
         Sampler(DDPMScheduler, eta=1.0)
 
 
-@pytest.mark.parametrize("cls,steps,eta", [(DDIMScheduler, 50, 0.0), (DDIMScheduler, 20, 1.0),
-                                           (DDPMScheduler, 1000, 0.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "cls,steps,eta",
+    [(DDIMScheduler, 50, 0.0), (DDIMScheduler, 20, 1.0), (DDPMScheduler, 1000, 0.0)],
+)
 def test_sampler_recovers_the_point_of_an_oracle_denoiser(cls, steps, eta):
     """For data that is one point z0, the optimal epsilon is (x - sqrt(ab) z0) / sqrt(1 - ab);
     every sampler must land on z0 (an independent check of the loop and the schedulers)."""
@@ -110,6 +126,12 @@ def test_sampler_recovers_the_point_of_an_oracle_denoiser(cls, steps, eta):
         a = ab[t].view(-1, 1, 1, 1)
         return (x - a.sqrt() * z0) / (1 - a).sqrt()
 
-    out = Sampler(cls, num_steps=steps, eta=eta)(oracle, Conditioner({}, dim=4), {"x": torch.zeros(2)},
-                                                 (2, 3, 4, 4), SCHED.config, torch.Generator().manual_seed(0))  # fmt: skip
+    out = Sampler(cls, num_steps=steps, eta=eta)(
+        oracle,
+        Conditioner({}, dim=4),
+        {"x": torch.zeros(2)},
+        (2, 3, 4, 4),
+        SCHED.config,
+        torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(out, z0.expand(2, -1, -1, -1), atol=1e-4, rtol=0)

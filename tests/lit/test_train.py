@@ -9,7 +9,9 @@ import torch
 from facediff.api import FaceGenerator
 from facediff.cli.train import train
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -50,9 +52,18 @@ def test_checkpoint_sample_round_trip(make_cfg, tmp_path):
     from facediff.config import compose
 
     out = tmp_path / "sampled"
-    scfg = compose("sample", [f"ckpt_path={last_ckpt(cfg)}", f"output_dir={out}",
-                              "from_split=val", "num_conditions=2", "num_samples=2",
-                              "num_steps=2", "guidance_scale={attrs: 2.0, mask: 1.0}"])  # fmt: skip
+    scfg = compose(
+        "sample",
+        [
+            f"ckpt_path={last_ckpt(cfg)}",
+            f"output_dir={out}",
+            "from_split=val",
+            "num_conditions=2",
+            "num_samples=2",
+            "num_steps=2",
+            "guidance_scale={attrs: 2.0, mask: 1.0}",
+        ],
+    )
     assert sample(scfg).is_file() and len(list((out / "samples").glob("*.png"))) == 4
 
 
@@ -64,16 +75,23 @@ def state(ckpt_path):
 def test_resume_mid_epoch_continues_exactly(make_cfg, tmp_path):
     """4 steps straight == 2 steps, then resume from last.ckpt for 2 more: weights, EMA,
     optimizer state, step count and data order all bitwise equal."""
-    common = ["conditioner=attr_mask_concat", "trainer.val_check_interval=2",
-              "callbacks.sample_grid.every_n_steps=0"]  # fmt: skip
+    common = [
+        "conditioner=attr_mask_concat",
+        "trainer.val_check_interval=2",
+        "callbacks.sample_grid.every_n_steps=0",
+    ]
     straight = make_cfg(*common, "trainer.max_steps=4", f"paths.output_dir={tmp_path / 'a'}")
     train(straight)
     first = make_cfg(*common, "trainer.max_steps=2", f"paths.output_dir={tmp_path / 'b'}")
     train(first)
     half = state(last_ckpt(first))
     assert half["global_step"] == 2
-    resumed = make_cfg(*common, "trainer.max_steps=4", f"paths.output_dir={tmp_path / 'c'}",
-                       f"ckpt_path={last_ckpt(first)}")  # fmt: skip
+    resumed = make_cfg(
+        *common,
+        "trainer.max_steps=4",
+        f"paths.output_dir={tmp_path / 'c'}",
+        f"ckpt_path={last_ckpt(first)}",
+    )
     train(resumed)
     a, c = state(last_ckpt(straight)), state(last_ckpt(resumed))
     assert a["global_step"] == c["global_step"] == 4
@@ -82,7 +100,8 @@ def test_resume_mid_epoch_continues_exactly(make_cfg, tmp_path):
     for x, y in zip(a["ema"]["shadow_params"], c["ema"]["shadow_params"]):
         assert torch.equal(x, y)
     assert a["ema"]["optimization_step"] == c["ema"]["optimization_step"] == 4
-    for s1, s2 in zip(a["optimizer_states"][0]["state"].values(),
-                      c["optimizer_states"][0]["state"].values()):  # fmt: skip
+    for s1, s2 in zip(
+        a["optimizer_states"][0]["state"].values(), c["optimizer_states"][0]["state"].values()
+    ):
         assert torch.equal(s1["exp_avg"], s2["exp_avg"])
     assert not torch.equal(half["state_dict"][k], a["state_dict"][k])  # it did train

@@ -73,9 +73,15 @@ def test_unknown_is_distinct_from_negative():
 
 
 def test_conditioner_concatenates_and_adds_null_token_when_needed():
-    cond = Conditioner({"attrs": AttributeEncoder(5, 16, hidden=8),
-                        "mask": MaskResNetEncoder(16, grid=2, widths=(8, 8, 8, 8)),
-                        "spatial": MaskConcatEncoder(), "control": ControlEncoder(7, 12)}, dim=16)
+    cond = Conditioner(
+        {
+            "attrs": AttributeEncoder(5, 16, hidden=8),
+            "mask": MaskResNetEncoder(16, grid=2, widths=(8, 8, 8, 8)),
+            "spatial": MaskConcatEncoder(),
+            "control": ControlEncoder(7, 12),
+        },
+        dim=16,
+    )
     c = cond(batch(), spatial_size=(8, 8))
     assert c.tokens.shape == (3, 1 + 4, 16) and c.token_mask.all()
     assert c.spatial.shape == (3, 19, 8, 8) and c.vector.shape == (3, 12)

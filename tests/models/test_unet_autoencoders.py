@@ -8,12 +8,26 @@ from facediff.models.unet import UNet
 
 
 def test_unet_forward_backward_with_tokens_spatial_and_vector():
-    unet = UNet(8, 4, extra_in_channels=19, block_out_channels=(16, 32), layers_per_block=1,
-                attention_levels=(False, True), cross_attention_dim=16, head_dim=8,
-                vector_dim=6, norm_num_groups=8)  # fmt: skip
-    cond = Conditioner({"attrs": AttributeEncoder(3, 16, hidden=8), "mask": MaskConcatEncoder()}, 16)
-    b = {"attrs": torch.ones(2, 3), "attrs_known": torch.ones(2, 3, dtype=torch.bool),
-         "mask": torch.randint(0, 19, (2, 16, 16))}  # fmt: skip
+    unet = UNet(
+        8,
+        4,
+        extra_in_channels=19,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        attention_levels=(False, True),
+        cross_attention_dim=16,
+        head_dim=8,
+        vector_dim=6,
+        norm_num_groups=8,
+    )
+    cond = Conditioner(
+        {"attrs": AttributeEncoder(3, 16, hidden=8), "mask": MaskConcatEncoder()}, 16
+    )
+    b = {
+        "attrs": torch.ones(2, 3),
+        "attrs_known": torch.ones(2, 3, dtype=torch.bool),
+        "mask": torch.randint(0, 19, (2, 16, 16)),
+    }
     c = cond(b, spatial_size=(8, 8))
     c.vector = torch.randn(2, 6)
     out = unet(torch.randn(2, 4, 8, 8), torch.tensor([1, 500]), c)
@@ -26,8 +40,14 @@ def test_unet_rejects_mismatched_options():
     with pytest.raises(ValueError, match="attention_levels has 1 entries"):
         UNet(8, 4, block_out_channels=(16, 32), attention_levels=(True,), norm_num_groups=8)
     with pytest.raises(ValueError, match="divisible"):
-        UNet(8, 4, block_out_channels=(20, 40), attention_levels=(False, True), head_dim=8,
-             norm_num_groups=8)  # fmt: skip
+        UNet(
+            8,
+            4,
+            block_out_channels=(20, 40),
+            attention_levels=(False, True),
+            head_dim=8,
+            norm_num_groups=8,
+        )
 
 
 def test_pixel_space_is_identity():
@@ -37,10 +57,17 @@ def test_pixel_space_is_identity():
 
 
 def tiny_kl(path, scaling_factor=0.5):
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                        latent_channels=4, layers_per_block=1, norm_num_groups=4,
-                        scaling_factor=scaling_factor)  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        scaling_factor=scaling_factor,
+    )
     vae.save_pretrained(path)
     return vae
 
@@ -55,7 +82,10 @@ def test_diffusers_autoencoder_from_local_folder(tmp_path):
     torch.testing.assert_close(z, vae.encode(x).latent_dist.mode() * 0.5)
     assert not any(p.requires_grad for p in ae.parameters())
     assert ae.decode(z).shape == (1, 3, 16, 16)
-    assert DiffusersAutoencoder(str(tmp_path / "vae"), scaling_factor=0.18215).scaling_factor == 0.18215
+    assert (
+        DiffusersAutoencoder(str(tmp_path / "vae"), scaling_factor=0.18215).scaling_factor
+        == 0.18215
+    )
 
 
 def test_missing_weights_name_the_file(tmp_path):
