@@ -31,7 +31,7 @@ test-full: install  ## every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: install  ## loader and training-step benchmarks (figures side by side)
-	$(VENV)/bin/facediff-bench
+	$(VENV)/bin/facediff-bench experiment=demo
 
 lint: install  ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -38,7 +39,10 @@ def build(cfg: DictConfig):
     model = instantiate(cfg.model)
     requires = set(getattr(model, "requires", set()))
     datamodule.require_masks = "mask" in requires
-    datamodule.prepare_data()
+    # Under DDP, Lightning starts ranks 1.. from inside fit (they run this again with LOCAL_RANK
+    # set), so rank 0 has prepared the data before any other rank looks for it.
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        datamodule.prepare_data()
     datamodule.setup("fit")
     model.data_info = {
         "attr_names": datamodule.attr_names,

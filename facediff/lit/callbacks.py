@@ -54,6 +54,7 @@ class SampleGrid(L.Callback):
             seed,
         )
         self.upscale = upscale
+        self._last_step = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -66,12 +67,14 @@ class SampleGrid(L.Callback):
     @torch.no_grad()
     def write(self, trainer, pl_module) -> Path | None:
         if (
-            trainer.datamodule is None
+            trainer.global_step == self._last_step
+            or trainer.datamodule is None
             or not trainer.is_global_zero
             or trainer.fast_dev_run
             or not hasattr(pl_module, "generate")
         ):
             return None
+        self._last_step = trainer.global_step
         cond = condition_batch(trainer.datamodule, "val", self.num_conditions)
         k = self.samples_per_condition
         was_training = pl_module.training

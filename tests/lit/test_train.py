@@ -105,3 +105,30 @@ def test_resume_mid_epoch_continues_exactly(make_cfg, tmp_path):
     ):
         assert torch.equal(s1["exp_avg"], s2["exp_avg"])
     assert not torch.equal(half["state_dict"][k], a["state_dict"][k])  # it did train
+
+
+def test_small_autoencoder_route(make_cfg, tmp_path, data_dir):
+    """experiment=autoencoder writes a save_pretrained folder; autoencoder=small_kl trains on
+    its latents and samples decode back to images."""
+    ae_dir = tmp_path / "ae"
+    cfg = make_cfg("experiment=autoencoder", "trainer.max_steps=2", f"model.output_dir={ae_dir}")
+    train(cfg)
+    assert (ae_dir / "config.json").is_file()
+    import json
+
+    assert json.loads((ae_dir / "config.json").read_text())["scaling_factor"] > 0
+    cfg = make_cfg(
+        "conditioner=attr_mask_concat",
+        "autoencoder=small_kl",
+        f"autoencoder.pretrained={ae_dir}",
+        f"paths.output_dir={tmp_path / 'ldm'}",
+    )
+    train(cfg)
+    gen = FaceGenerator.from_checkpoint(last_ckpt(cfg))
+    assert gen.model.denoiser.sample_size == 4  # 16 px / 4
+    assert gen.sample(attributes={"Smiling": 1}, num_samples=1, num_steps=2).shape == (
+        1,
+        16,
+        16,
+        3,
+    )

@@ -1,0 +1,26 @@
+"""A Hydra multirun in which one job fails: the other jobs still run and finish."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY
+
+
+def test_failing_job_does_not_stop_the_sweep(data_dir, tmp_path):
+    overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
+    cmd = [
+        sys.executable, "-m", "facediff.cli.train", "-m",
+        f"paths.data_dir={data_dir}", f"hydra.sweep.dir={tmp_path}", *overrides,
+        "callbacks.sample_grid.every_n_steps=0", "conditioner=attr",
+        "data.attributes=[Wings],[Smiling]", "data.num_attributes=1",
+    ]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode != 0  # the sweep reports the failure...
+    assert "'Wings'" in log  # ...naming the culprit
+    job0, job1 = Path(tmp_path / "0"), Path(tmp_path / "1")
+    assert not (job0 / "checkpoints").exists()
+    assert (job1 / "checkpoints" / "last.ckpt").is_file()  # the job after the failure ran
