@@ -1,0 +1,251 @@
+"""FaceDataModule: train/val/test batches from a prepared folder (see `facediff.data`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from facediff.data.labels import flip_lut, select_attributes
+from facediff.data.prepared import BadInputError, PreparedDataset, prepare
+
+log = logging.getLogger(__name__)
+_FLIP_LUT = torch.from_numpy(flip_lut())
+CONTROL_NAMES = ("flip", "crop_x0", "crop_y0", "crop_x1", "crop_y1", "source_h", "source_w")
+
+
+def hflip(image: torch.Tensor, mask: torch.Tensor | None):
+    """Mirror an image (..., H, W) and its label map, swapping the left/right classes."""
+    image = image.flip(-1)
+    if mask is not None:
+        mask = _FLIP_LUT.to(mask.device)[mask.flip(-1)]
+    return image, mask
+
+
+class FaceDataset(Dataset):
+    """Items of one split. A key is an index into the split or `(index, flip)` from EpochSampler."""
+
+    def __init__(self, data: PreparedDataset, indices: np.ndarray, attr_index: list[int]):
+        self.data, self.indices, self.attr_index = data, np.asarray(indices), attr_index
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        pos, flip = key if isinstance(key, tuple) else (key, False)
+        i = int(self.indices[pos])
+        arr = self.data.arrays
+        image = torch.from_numpy(np.array(arr["images"][i])).permute(2, 0, 1).float() / 127.5 - 1
+        mask = torch.from_numpy(np.array(arr["masks"][i])).long() if "masks" in arr else None
+        crop = arr["crop"][i].astype(np.float32)
+        if flip:
+            image, mask = hflip(image, mask)
+            crop = np.array([1 - crop[2], crop[1], 1 - crop[0], crop[3]], np.float32)
+        h, w = arr["source_hw"][i]
+        control = np.concatenate([[float(flip)], crop, [h / 1024.0, w / 1024.0]])
+        item = {
+            "image": image,
+            "attrs": torch.from_numpy(arr["attrs"][i][self.attr_index].astype(np.float32)),
+            "attrs_known": torch.from_numpy(arr["known"][i][self.attr_index].copy()),
+            "control": torch.from_numpy(control.astype(np.float32)),
+            "index": torch.tensor(i),
+        }
+        if mask is not None:
+            item["mask"] = mask
+        return item
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch order and flips, sharded over DDP ranks, resumable mid-epoch.
+
+    Item k of epoch e is a pure function of (seed, e, k), so a resumed run draws the same data
+    in the same order. `state_dict()` records the epoch and how many items this rank consumed.
+    """
+
+    def __init__(self, size: int, shuffle: bool, flip_p: float, seed: int = 0):
+        self.size, self.shuffle, self.flip_p, self.seed = size, shuffle, flip_p, seed
+        self.epoch, self.start = 0, 0
+
+    def _world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        _, world = self._world()
+        return math.ceil(self.size / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def __iter__(self):
+        rank, world = self._world()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        flips = rng.random(self.size) < self.flip_p
+        per_rank = len(self)
+        order = np.resize(order, per_rank * world)[rank::world]  # pad by wrapping, like DDP
+        flips = np.resize(flips, per_rank * world)[rank::world]
+        start, self.start = self.start, 0
+        for k in range(start, per_rank):
+            yield int(order[k]), bool(flips[k])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start": self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.start = state["epoch"], state["start"]
+
+
+class FaceDataModule(L.LightningDataModule):
+    """Batches of the batch dict (see `facediff.data`) from a prepared folder.
+
+    Args:
+        root: the prepared folder.
+        resolution: expected image size; must match the prepared folder.
+        source: a callable returning a prepare source (Hydra `_partial_`), called with
+            `raw_dir=raw_dir`; when `root` has no prepared data, `prepare_data` prepares it
+            (SynthFaces generate themselves into `raw_dir`).
+        raw_dir: the raw data set (archive root, VGGFace2 folder or zip, SynthFaces folder).
+        attributes: attribute subset (None: all of the data set's).
+        num_attributes: the attribute count the model is built for; checked at setup.
+        require_masks: fail early if the data set has no masks (a mask-conditioned model).
+        flip_p: probability of a horizontal flip in training (swaps left/right classes).
+        verify_hash: recompute the content hash of the prepared arrays at setup.
+        num_workers: DataLoader workers (each single-threaded).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 64,
+        source: Callable | None = None,
+        raw_dir: str | None = None,
+        attributes: list[str] | None = None,
+        num_attributes: int | None = None,
+        require_masks: bool = False,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        flip_p: float = 0.5,
+        seed: int = 0,
+        verify_hash: bool = True,
+        skip_bad: bool = False,
+        prepare_workers: int = 0,
+    ):
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.resolution, self.source, self.raw_dir = resolution, source, raw_dir
+        self.attributes, self.num_attributes = attributes, num_attributes
+        self.require_masks = require_masks
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.flip_p, self.seed = num_workers, flip_p, seed
+        self.verify_hash, self.skip_bad, self.prepare_workers = verify_hash, skip_bad, prepare_workers
+        self.data: PreparedDataset | None = None
+        self.samplers: dict[str, EpochSampler] = {}
+        self._resume_sampler: dict | None = None
+
+    # ------------------------------------------------------------------ preparing and opening
+    def prepare_data(self, force: bool = False) -> dict | None:
+        """Prepare `root` from `source` when it is absent (or always, with `force`)."""
+        if (self.root / "meta.json").is_file() and not force:
+            return None
+        if self.source is None:
+            raise BadInputError(
+                f"data.root: {self.root} holds no prepared data set and no data.source is "
+                "configured to prepare it (run facediff-prepare)"
+            )
+        log.info("preparing %s at %d px", self.root, self.resolution)
+        if self.raw_dir is None:
+            raise BadInputError("data.raw_dir: not set; where is the raw data set?")
+        source = self.source(raw_dir=self.raw_dir)
+        return prepare(source, self.root, self.resolution, self.skip_bad, self.prepare_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = PreparedDataset(self.root, verify=self.verify_hash)
+        if self.data.resolution != self.resolution:
+            raise BadInputError(
+                f"{self.root / 'meta.json'}: prepared at {self.data.resolution} px but "
+                f"data.resolution={self.resolution}; prepare again or change data.resolution"
+            )
+        if self.require_masks and not self.data.has_masks:
+            raise BadInputError(
+                f"{self.root}: the {self.data.meta['source']} data set has no masks, but the "
+                "model is conditioned on masks; choose a conditioner without a mask encoder"
+            )
+        where = f"data.attributes (data set {self.root})"
+        self.attr_index = select_attributes(self.data.attr_names, self.attributes, where)
+        if self.num_attributes is not None and self.num_attributes != len(self.attr_index):
+            raise BadInputError(
+                f"data.num_attributes={self.num_attributes} but {where} selects "
+                f"{len(self.attr_index)} attributes"
+            )
+
+    @property
+    def attr_names(self) -> list[str]:
+        self.setup()
+        return [self.data.attr_names[k] for k in self.attr_index]
+
+    @property
+    def has_masks(self) -> bool:
+        self.setup()
+        return self.data.has_masks
+
+    def dataset(self, split: str) -> FaceDataset:
+        self.setup()
+        return FaceDataset(self.data, self.data.split(split), self.attr_index)
+
+    # ------------------------------------------------------------------------------ loaders
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.dataset(split)
+        if len(ds) == 0:
+            raise BadInputError(f"{self.root}: the {split} split is empty")
+        sampler = EpochSampler(len(ds), shuffle=train, flip_p=self.flip_p if train else 0.0,
+                               seed=self.seed)
+        if train and self._resume_sampler is not None:
+            sampler.load_state_dict(self._resume_sampler)
+            self._resume_sampler = None
+        self.samplers[split] = sampler
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            worker_init_fn=_single_thread_worker,
+            persistent_workers=False,
+            drop_last=train and len(ds) >= self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    # The train sampler's position travels in the checkpoint, so a run resumed mid-epoch sees
+    # the rest of that epoch's items in the same order (Lightning calls these two hooks).
+    def state_dict(self) -> dict:
+        if self.trainer is None or "train" not in self.samplers:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_sampler": {"epoch": self.trainer.current_epoch,
+                                  "start": done * self.batch_size}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_sampler = state.get("train_sampler")
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,307 @@
+"""The prepared format: one folder of memory-mapped arrays plus `meta.json`.
+
+    images.npy     uint8 (N, R, R, 3)   resized with antialiasing (PIL Lanczos)
+    masks.npy      uint8 (N, R, R)      nearest neighbour; absent when the source has no masks
+    attrs.npy      int8  (N, A)         0/1
+    known.npy      bool  (N, A)         False where the source says "unknown"
+    crop.npy       float32 (N, 4)       the square crop taken from the source, (x0, y0, x1, y1) / size
+    source_hw.npy  int32 (N, 2)         the source image's height and width
+    meta.json      names, source, splits, resolution, format version, content hash, report
+
+Every rank and every DataLoader worker maps the arrays read-only (`np.load(mmap_mode="r")`), so
+nothing is copied into memory. A folder is written under a temporary name and renamed when
+complete: a prepare that dies leaves no half-written data set behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from facediff.data.labels import MASK_CLASSES
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ARRAYS = ("images", "masks", "attrs", "known", "crop", "source_hw")
+
+
+class BadInputError(ValueError):
+    """A data file or a data option is not what facediff expects; the message names it."""
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # uint8 (R, R, 3)
+    mask: np.ndarray | None  # uint8 (R, R)
+    attrs: np.ndarray  # int8 (A,) in {-1, 0, 1}; 0 = unknown
+    crop: tuple[float, float, float, float]
+    source_hw: tuple[int, int]
+
+
+def load_image(path, resolution: int):
+    """Decode an image, take the centred square crop and resize it with antialiasing.
+
+    Returns (uint8 (R, R, 3), normalised crop box, (height, width) of the source).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: image not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert("RGB")
+    except Exception as e:  # PIL raises OSError for truncated files, UnidentifiedImageError, ...
+        raise BadInputError(f"{path}: unreadable image ({e})") from e
+    return crop_resize(im, resolution)
+
+
+def crop_resize(im: Image.Image, resolution: int):
+    w, h = im.size
+    s = min(w, h)
+    x0, y0 = (w - s) // 2, (h - s) // 2
+    im = im.crop((x0, y0, x0 + s, y0 + s))
+    if s != resolution:
+        im = im.resize((resolution, resolution), Image.LANCZOS, reducing_gap=None)
+    crop = (x0 / w, y0 / h, (x0 + s) / w, (y0 + s) / h)
+    return np.asarray(im, dtype=np.uint8), crop, (h, w)
+
+
+def random_split(n: int, train_size: int, val_size: int, seed: int, where: str):
+    """A seeded split: `train_size` items, then `val_size`, then the rest as test."""
+    if train_size + val_size > n:
+        raise BadInputError(
+            f"{where}.train_size + {where}.val_size = {train_size + val_size} exceeds the {n} "
+            "items of the data set"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return {
+        "train": np.sort(perm[:train_size]),
+        "val": np.sort(perm[train_size : train_size + val_size]),
+        "test": np.sort(perm[train_size + val_size :]),
+    }
+
+
+# --------------------------------------------------------------------------------------- writing
+_WORKER_SOURCE = None
+
+
+def _init_worker(source) -> None:
+    global _WORKER_SOURCE
+    os.environ["OMP_NUM_THREADS"] = "1"
+    _WORKER_SOURCE = source
+
+
+def _load_one(args):
+    i, resolution = args
+    try:
+        return i, _WORKER_SOURCE.load(i, resolution), None
+    except BadInputError as e:
+        return i, None, str(e)
+
+
+def prepare(
+    source,
+    out_dir: str | os.PathLike,
+    resolution: int,
+    skip_bad: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Write `source` to `out_dir` in the prepared format; returns the report (also in meta.json).
+
+    Bad items raise a BadInputError naming the file; with `skip_bad` they are left out, listed
+    and counted in the report.
+    """
+    out_dir = Path(out_dir).expanduser()
+    t0 = time.perf_counter()
+    splits = source.splits()
+    n = len(source)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    r, a = resolution, len(source.attr_names)
+    shapes = {
+        "images": ((n, r, r, 3), np.uint8),
+        "masks": ((n, r, r), np.uint8),
+        "attrs": ((n, a), np.int8),
+        "known": ((n, a), np.bool_),
+        "crop": ((n, 4), np.float32),
+        "source_hw": ((n, 2), np.int32),
+    }
+    if not source.has_masks:
+        del shapes["masks"]
+    arrays = {
+        k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=dt, shape=shape)
+        for k, (shape, dt) in shapes.items()
+    }
+    kept, skipped = [], []
+    jobs = ((i, resolution) for i in range(n))
+    if num_workers > 0:
+        pool = mp.get_context("spawn").Pool(num_workers, _init_worker, (source,))
+        results = pool.imap(_load_one, jobs, chunksize=16)
+    else:
+        pool = None
+        _init_worker(source)
+        results = map(_load_one, jobs)
+    try:
+        bar = tqdm(results, total=n, desc=f"prepare {source.name} @ {r}px", disable=not progress)
+        for i, sample, error in bar:
+            if error is not None:
+                if not skip_bad:
+                    raise BadInputError(error + " (set skip_bad=true to skip such items)")
+                skipped.append({"index": i, "error": error})
+                continue
+            j = len(kept)
+            arrays["images"][j] = sample.image
+            if sample.mask is not None and "masks" in arrays:
+                arrays["masks"][j] = sample.mask
+            arrays["attrs"][j] = sample.attrs > 0
+            arrays["known"][j] = sample.attrs != 0
+            arrays["crop"][j] = sample.crop
+            arrays["source_hw"][j] = sample.source_hw
+            kept.append(i)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+    for k, arr in arrays.items():
+        arr.flush()
+    del arrays
+    if skipped:  # compact the arrays to the kept items
+        for k in shapes:
+            full = np.load(tmp / f"{k}.npy", mmap_mode="r")
+            part = np.array(full[: len(kept)])
+            del full
+            np.save(tmp / f"{k}.npy", part)
+    position = {old: new for new, old in enumerate(kept)}
+    new_splits = {
+        name: [position[int(i)] for i in idx if int(i) in position] for name, idx in splits.items()
+    }
+    report = {
+        "source": source.name,
+        "items": n,
+        "kept": len(kept),
+        "skipped": len(skipped),
+        "skipped_items": skipped[:1000],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "source": source.name,
+        "raw_dir": str(getattr(source, "raw_dir", "")),
+        "resolution": r,
+        "num_items": len(kept),
+        "has_masks": bool(source.has_masks),
+        "mask_classes": list(MASK_CLASSES) if source.has_masks else [],
+        "attr_names": list(source.attr_names),
+        "splits": new_splits,
+        "item_names": [Path(source.item_name(i)).name for i in kept],
+        "content_hash": content_hash(tmp, list(shapes)),
+        "report": report,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("prepared %d items (%d skipped) in %s", len(kept), len(skipped), out_dir)
+    return report
+
+
+def content_hash(folder: Path, names) -> str:
+    h = hashlib.sha256()
+    for k in sorted(names):
+        with open(Path(folder) / f"{k}.npy", "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------- reading
+class PreparedDataset:
+    """Read-only view of a prepared folder; arrays are memory-mapped on first use in each process.
+
+    Args:
+        root: the prepared folder.
+        verify: recompute the content hash and compare it with meta.json.
+    """
+
+    def __init__(self, root: str | os.PathLike, verify: bool = False):
+        self.root = Path(root).expanduser()
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise BadInputError(f"{meta_path}: not a prepared data set (meta.json missing)")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{meta_path}: unreadable ({e})") from e
+        version = self.meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BadInputError(
+                f"{meta_path}: format_version {version!r}, this facediff reads version "
+                f"{FORMAT_VERSION}; prepare the data set again (facediff-prepare)"
+            )
+        self.names = [k for k in ARRAYS if k != "masks" or self.meta["has_masks"]]
+        for k in self.names:
+            if not (self.root / f"{k}.npy").is_file():
+                raise BadInputError(f"{self.root / f'{k}.npy'}: missing from the prepared folder")
+        if verify:
+            found = content_hash(self.root, self.names)
+            if found != self.meta["content_hash"]:
+                raise BadInputError(
+                    f"{self.root}: content hash {found[:12]}... does not match meta.json's "
+                    f"{self.meta['content_hash'][:12]}...; the arrays were changed after "
+                    "prepare: prepare the data set again"
+                )
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # each worker maps the files itself
+        return state
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = {k: np.load(self.root / f"{k}.npy", mmap_mode="r") for k in self.names}
+            n = self.meta["num_items"]
+            for k, arr in self._arrays.items():
+                if len(arr) != n:
+                    raise BadInputError(f"{self.root / f'{k}.npy'}: {len(arr)} rows, meta.json says {n}")
+        return self._arrays
+
+    def __len__(self) -> int:
+        return self.meta["num_items"]
+
+    @property
+    def attr_names(self) -> list[str]:
+        return self.meta["attr_names"]
+
+    @property
+    def has_masks(self) -> bool:
+        return self.meta["has_masks"]
+
+    @property
+    def resolution(self) -> int:
+        return self.meta["resolution"]
+
+    def split(self, name: str) -> np.ndarray:
+        splits = self.meta["splits"]
+        if name not in splits:
+            raise BadInputError(f"{self.root / 'meta.json'}: no split {name!r}; has {list(splits)}")
+        return np.asarray(splits[name], dtype=np.int64)
