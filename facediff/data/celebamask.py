@@ -177,7 +177,7 @@ class CelebAMaskHQ:
     def splits(self) -> dict[str, np.ndarray]:
         n = len(self)
         if self.split == "random":
-            return random_split(n, self.train_size, self.val_size, self.seed, "data")
+            return random_split(n, self.train_size, self.val_size, self.seed, "data.source")
         path = self.raw_dir / MAPPING_FILE
         if not path.is_file():
             raise BadInputError(f"{path}: mapping file not found (needed by data.split=official)")

@@ -211,8 +211,8 @@ class MaadFace:
         train = n - self.val_size - self.test_size
         if train <= 0:
             raise BadInputError(
-                f"data.val_size + data.test_size = {self.val_size + self.test_size} leaves no "
+                f"data.source.val_size + data.source.test_size = {self.val_size + self.test_size} leaves no "
                 f"training items out of {n}"
             )
-        s = random_split(n, train, self.val_size, self.seed, "data")
+        s = random_split(n, train, self.val_size, self.seed, "data.source")
         return s
