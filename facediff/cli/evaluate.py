@@ -43,6 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
         cfg.batch_size,
         cfg.split,
         sampler_kwargs,
+        use_ema=cfg.use_ema,
     )
     real = report.pop("real_images")
     distances = feature_distances(real, report["images"], classifier, cfg.kid_subset_size)

@@ -19,4 +19,11 @@ The batch, one dict (every model and metric in facediff reads these keys):
 from facediff.data.datamodule import CONTROL_NAMES, FaceDataModule, hflip
 from facediff.data.prepared import BadInputError, PreparedDataset, prepare
 
-__all__ = ["CONTROL_NAMES", "BadInputError", "FaceDataModule", "PreparedDataset", "hflip", "prepare"]
+__all__ = [
+    "CONTROL_NAMES",
+    "BadInputError",
+    "FaceDataModule",
+    "PreparedDataset",
+    "hflip",
+    "prepare",
+]

@@ -147,7 +147,9 @@ class CelebAMaskHQ:
             raise BadInputError(f"data.raw_dir: {self.raw_dir} is not a directory")
         names, values = read_attributes(self.raw_dir)
         if tuple(names) != CELEBA_ATTRIBUTES:
-            raise BadInputError(f"{self.raw_dir / ATTR_FILE}:2: attribute names differ from CelebA's")
+            raise BadInputError(
+                f"{self.raw_dir / ATTR_FILE}:2: attribute names differ from CelebA's"
+            )
         keep = select_attributes(names, attributes, "data.attributes")
         self.attr_names = [names[k] for k in keep]
         self.values = values[:, keep]
@@ -226,6 +228,6 @@ class SynthFaces(CelebAMaskHQ):
         super().__init__(str(raw), mask_size=mask_size, **kwargs)
         if len(self) != num_faces:
             raise BadInputError(
-                f"{raw}: holds {len(self)} SynthFaces but data.num_faces={num_faces}; delete the "
+                f"{raw}: holds {len(self)} SynthFaces but data.source.num_faces={num_faces}; delete the "
                 "folder to generate it anew"
             )

@@ -147,7 +147,11 @@ class FaceDataModule(L.LightningDataModule):
         self.require_masks = require_masks
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.flip_p, self.seed = num_workers, flip_p, seed
-        self.verify_hash, self.skip_bad, self.prepare_workers = verify_hash, skip_bad, prepare_workers
+        self.verify_hash, self.skip_bad, self.prepare_workers = (
+            verify_hash,
+            skip_bad,
+            prepare_workers,
+        )
         self.data: PreparedDataset | None = None
         self.samplers: dict[str, EpochSampler] = {}
         self._resume_sampler: dict | None = None
@@ -209,8 +213,9 @@ class FaceDataModule(L.LightningDataModule):
         ds = self.dataset(split)
         if len(ds) == 0:
             raise BadInputError(f"{self.root}: the {split} split is empty")
-        sampler = EpochSampler(len(ds), shuffle=train, flip_p=self.flip_p if train else 0.0,
-                               seed=self.seed)
+        sampler = EpochSampler(
+            len(ds), shuffle=train, flip_p=self.flip_p if train else 0.0, seed=self.seed
+        )
         if train and self._resume_sampler is not None:
             sampler.load_state_dict(self._resume_sampler)
             self._resume_sampler = None
@@ -240,8 +245,9 @@ class FaceDataModule(L.LightningDataModule):
         if self.trainer is None or "train" not in self.samplers:
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_sampler": {"epoch": self.trainer.current_epoch,
-                                  "start": done * self.batch_size}}
+        return {
+            "train_sampler": {"epoch": self.trainer.current_epoch, "start": done * self.batch_size}
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._resume_sampler = state.get("train_sampler")

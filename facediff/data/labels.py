@@ -15,7 +15,11 @@ NUM_MASK_CLASSES = len(MASK_CLASSES)
 MASK_PARTS: tuple[str, ...] = MASK_CLASSES[1:]
 
 # a horizontal flip swaps these classes (left <-> right eye, brow, ear)
-FLIP_PAIRS: tuple[tuple[str, str], ...] = (("l_eye", "r_eye"), ("l_brow", "r_brow"), ("l_ear", "r_ear"))
+FLIP_PAIRS: tuple[tuple[str, str], ...] = (
+    ("l_eye", "r_eye"),
+    ("l_brow", "r_brow"),
+    ("l_ear", "r_ear"),
+)
 
 
 def flip_lut() -> np.ndarray:
@@ -65,8 +69,9 @@ MASK_PALETTE = np.array(
 )  # fmt: skip
 
 
-def select_attributes(available: tuple[str, ...] | list[str], wanted: list[str] | None,
-                      where: str) -> list[int]:
+def select_attributes(
+    available: tuple[str, ...] | list[str], wanted: list[str] | None, where: str
+) -> list[int]:
     """Indices of `wanted` attribute names in `available` (all of them when `wanted` is None).
 
     Raises a ValueError naming `where` (a file or config option) and the valid names.

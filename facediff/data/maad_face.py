@@ -52,7 +52,9 @@ def read_maad_csv(path) -> tuple[list[str], list[str], np.ndarray]:
             try:
                 vals = [int(v) for v in fields[2:]]
             except ValueError:
-                raise BadInputError(f"{path}:{lineno}: attribute values must be integers") from None
+                raise BadInputError(
+                    f"{path}:{lineno}: attribute values must be integers"
+                ) from None
             bad = [v for v in vals if v not in (-1, 0, 1)]
             if bad:
                 raise BadInputError(
@@ -64,13 +66,17 @@ def read_maad_csv(path) -> tuple[list[str], list[str], np.ndarray]:
     return files, names, values
 
 
-def balanced_manifest(values: np.ndarray, num_items: int, seed: int,
-                      candidates: int = 64) -> np.ndarray:
+def balanced_manifest(
+    values: np.ndarray, num_items: int, seed: int, candidates: int = 64
+) -> np.ndarray:
     """Row indices balanced over the attributes (see the module docstring)."""
     rng = np.random.default_rng(seed)
     v = values.astype(np.int64)
-    pools = {(k, s): rng.permutation(np.flatnonzero(v[:, k] == s)).tolist()
-             for k in range(v.shape[1]) for s in (1, -1)}
+    pools = {
+        (k, s): rng.permutation(np.flatnonzero(v[:, k] == s)).tolist()
+        for k in range(v.shape[1])
+        for s in (1, -1)
+    }
     taken = np.zeros(len(v), bool)
     imbalance = np.zeros(v.shape[1], np.int64)  # positives - negatives among chosen rows
     chosen: list[int] = []

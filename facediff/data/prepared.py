@@ -178,7 +178,7 @@ def prepare(
     finally:
         if pool is not None:
             pool.terminate()
-    for k, arr in arrays.items():
+    for arr in arrays.values():
         arr.flush()
     del arrays
     if skipped:  # compact the arrays to the kept items
@@ -199,6 +199,8 @@ def prepare(
         "skipped_items": skipped[:1000],
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if getattr(source, "report", None):  # e.g. MAAD-Face's manifest report
+        report["source_report"] = source.report
     meta = {
         "format_version": FORMAT_VERSION,
         "source": source.name,
@@ -282,7 +284,9 @@ class PreparedDataset:
             n = self.meta["num_items"]
             for k, arr in self._arrays.items():
                 if len(arr) != n:
-                    raise BadInputError(f"{self.root / f'{k}.npy'}: {len(arr)} rows, meta.json says {n}")
+                    raise BadInputError(
+                        f"{self.root / f'{k}.npy'}: {len(arr)} rows, meta.json says {n}"
+                    )
         return self._arrays
 
     def __len__(self) -> int:
@@ -303,5 +307,7 @@ class PreparedDataset:
     def split(self, name: str) -> np.ndarray:
         splits = self.meta["splits"]
         if name not in splits:
-            raise BadInputError(f"{self.root / 'meta.json'}: no split {name!r}; has {list(splits)}")
+            raise BadInputError(
+                f"{self.root / 'meta.json'}: no split {name!r}; has {list(splits)}"
+            )
         return np.asarray(splits[name], dtype=np.int64)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_CLASSES, MASK_PARTS
+from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,9 @@ def write_synthfaces(
             _write_range(job)
     attrs = np.stack([np.load(tmp / ".attrs" / f"{i}.npy") for i in range(num_faces)])
     lines = [str(num_faces), " ".join(CELEBA_ATTRIBUTES)]
-    lines += [f"{i}.jpg " + " ".join("1" if v else "-1" for v in row) for i, row in enumerate(attrs)]
+    lines += [
+        f"{i}.jpg " + " ".join("1" if v else "-1" for v in row) for i, row in enumerate(attrs)
+    ]
     (tmp / "CelebAMask-HQ-attribute-anno.txt").write_text("\n".join(lines) + "\n")
     mapping = ["idx orig_idx orig_file"]
     for i in range(num_faces):

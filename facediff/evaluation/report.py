@@ -103,12 +103,14 @@ def fidelity_report(
     batch_size: int = 64,
     split: str = "val",
     sampler_kwargs: dict | None = None,
+    use_ema: bool = True,
 ) -> dict:
     """Ground truth, samples vs their own conditions, samples vs shuffled conditions."""
     names = datamodule.attr_names
     cond = condition_batch(datamodule, split, num_conditions)
     model.eval()
-    model.swap_ema(True)
+    if use_ema:
+        model.swap_ema(True)
     try:
         images = torch.cat(
             [
@@ -123,7 +125,8 @@ def fidelity_report(
             ]
         )
     finally:
-        model.swap_ema(False)
+        if use_ema:
+            model.swap_ema(False)
     parser, classifier = parser.float().cpu(), classifier.float().cpu()
     rows = {
         "real images (ground truth)": score(cond["image"], cond, parser, classifier, names),

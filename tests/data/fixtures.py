@@ -29,8 +29,11 @@ def write_celebamask(root: Path, n: int = 3, image_size: int = 32, mask_size: in
     for i in range(n):
         img = rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)
         Image.fromarray(img).save(root / "CelebA-HQ-img" / f"{i}.jpg", quality=95)
-        parts = {"skin": box(s, 2, 14, 2, 14), "nose": box(s, 6, 10, 7, 9),
-                 "hair": box(s, 0, 5, 0, 16)}
+        parts = {
+            "skin": box(s, 2, 14, 2, 14),
+            "nose": box(s, 6, 10, 7, 9),
+            "hair": box(s, 0, 5, 0, 16),
+        }
         if i != 1:  # face 1 has no eyes: absent parts have no file
             parts["l_eye"] = box(s, 5, 7, 3, 6)
             parts["r_eye"] = box(s, 5, 7, 10, 13)

@@ -37,6 +37,11 @@ def test_prepare_from_folder_or_zip_unknown_stays_distinct(tmp_path, as_zip):
     np.testing.assert_array_equal(a["known"], values[:, cols] != 0)
     assert a["images"].shape == (12, 16, 16, 3)
     assert a["source_hw"][0].tolist() == [40, 30]  # centre-cropped from 30x40
+    manifest = data.meta["report"]["source_report"]  # the manifest's report travels in meta.json
+    assert manifest["rows_in_csv"] == 12 and set(manifest["attributes_in_manifest"]) == {
+        "Male",
+        "Smiling",
+    }
 
 
 def test_mask_conditioned_model_on_maad_gets_clear_error(tmp_path):

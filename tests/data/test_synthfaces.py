@@ -48,8 +48,9 @@ def test_rendered_attributes_change_mask_or_image():
         "Big_Nose": lambda lab, img: (lab == L["nose"]).sum(),
         "Bushy_Eyebrows": lambda lab, img: np.isin(lab, [L["l_brow"], L["r_brow"]]).sum(),
         "Bangs": lambda lab, img: (lab == L["hair"]).sum(),
-        "Wearing_Lipstick": lambda lab, img: img[np.isin(lab, [11, 12])][:, 0].mean()
-        - img[np.isin(lab, [11, 12])][:, 1].mean(),
+        "Wearing_Lipstick": lambda lab, img: (
+            img[np.isin(lab, [11, 12])][:, 0].mean() - img[np.isin(lab, [11, 12])][:, 1].mean()
+        ),
         "Pale_Skin": lambda lab, img: img[lab == L["skin"]].mean(),
     }
     for name, measure in on_off.items():
