@@ -17,7 +17,6 @@ from transformers import (
     SegformerForSemanticSegmentation,
 )
 
-from facediff.data.datamodule import hflip
 from facediff.data.labels import NUM_MASK_CLASSES
 
 
@@ -125,4 +124,4 @@ class FaceParser(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
 
-__all__ = ["AttributeClassifier", "FaceParser", "hflip"]
+__all__ = ["AttributeClassifier", "FaceParser"]
