@@ -42,6 +42,16 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> LatentDiffusion:
     return model.eval()
 
 
+def datamodule_for(model: LatentDiffusion, verify_hash: bool = True):
+    """The FaceDataModule of the prepared data a checkpoint was trained on (same attributes)."""
+    from facediff.data.datamodule import FaceDataModule
+
+    info = model.data_info
+    return FaceDataModule(
+        info["root"], info["resolution"], attributes=info["attr_names"], verify_hash=verify_hash
+    )
+
+
 class FaceGenerator:
     """A trained model ready to sample; conditions given as Python values."""
 

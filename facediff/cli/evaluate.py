@@ -9,21 +9,20 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from facediff.api import load_checkpoint, model_from_checkpoint
+from facediff.api import datamodule_for, load_checkpoint, model_from_checkpoint
 from facediff.config import register_resolvers
 
 log = logging.getLogger("facediff.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from facediff.data.datamodule import FaceDataModule
     from facediff.evaluation.metrics import feature_distances
     from facediff.evaluation.report import evaluators, fidelity_report, write_report
 
     register_resolvers()
     model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), use_ema=False).to(cfg.device)
     info = model.data_info
-    dm = FaceDataModule(info["root"], info["resolution"], attributes=info["attr_names"])
+    dm = datamodule_for(model)
     ev_dir = cfg.evaluators_dir or f"{info['root']}-evaluators"
     parser, classifier = evaluators(dm, ev_dir, cfg.parser_steps, cfg.classifier_steps)
     sampler_kwargs = {

@@ -29,13 +29,10 @@ def sample(cfg: DictConfig) -> Path:
     kwargs = {"num_steps": cfg.num_steps, "eta": cfg.eta, "guidance_scale": gs, "seed": cfg.seed}
     rows = []
     if cfg.from_split:
-        from facediff.data.datamodule import FaceDataModule
+        from facediff.api import datamodule_for
         from facediff.lit.callbacks import condition_batch, repeat_batch
 
-        info = gen.model.data_info
-        dm = FaceDataModule(
-            info["root"], info["resolution"], attributes=info["attr_names"], verify_hash=False
-        )
+        dm = datamodule_for(gen.model, verify_hash=False)
         cond = condition_batch(dm, cfg.from_split, cfg.num_conditions)
         images = gen.sample(batch=repeat_batch(cond, k), **kwargs)
         real = to_uint8(cond["image"])

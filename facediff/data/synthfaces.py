@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,8 +348,6 @@ def write_synthfaces(
     raw_dir = Path(raw_dir)
     tmp = raw_dir.with_name(raw_dir.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     (tmp / "CelebA-HQ-img").mkdir(parents=True)
     (tmp / ".attrs").mkdir()
@@ -376,8 +375,6 @@ def write_synthfaces(
         n = _official_file_number(i)
         mapping.append(f"{i} {n - 1} {n:06d}.jpg")
     (tmp / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(mapping) + "\n")
-    import shutil
-
     shutil.rmtree(tmp / ".attrs")
     if raw_dir.exists():
         shutil.rmtree(raw_dir)

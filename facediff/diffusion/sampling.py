@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from facediff.models.conditioning import Condition
+
 
 def guidance_levels(names: list[str], scales: dict[str, float] | float):
     """Drop-sets and coefficients of the guidance combination.
@@ -117,8 +119,6 @@ class Sampler:
             torch.randn(shape, generator=generator, device="cpu").to(device)
             * scheduler.init_noise_sigma
         )
-        from facediff.models.conditioning import Condition
-
         cond = Condition.cat([conditioner(batch, drop=d, spatial_size=shape[-2:]) for d in levels])
         timesteps = scheduler.timesteps
         if progress:
