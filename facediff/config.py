@@ -51,7 +51,8 @@ def compose(config_name: str = "train", overrides: list[str] | None = None):
     from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
-    GlobalHydra.instance().clear()
+    if GlobalHydra.instance().is_initialized():  # inside a facediff Hydra main: same search path
+        return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
     with initialize_config_module("facediff.conf", version_base="1.3"):
         return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
 

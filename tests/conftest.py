@@ -38,6 +38,7 @@ TINY = [
     "callbacks.sample_grid.num_steps=2",
     "callbacks.sample_grid.num_conditions=2",
     "callbacks.sample_grid.samples_per_condition=2",
+    "callbacks.fidelity.every_n_steps=0",
 ]
 
 

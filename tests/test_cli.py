@@ -25,35 +25,75 @@ def test_prepare_cli_writes_and_reuses(data_dir, tmp_path):
     assert prepare(cfg)["kept"] == 48
 
 
-def test_evaluate_cli_writes_protocol_and_table(make_cfg, tmp_path):
+def test_evaluate_checkpoint_then_the_same_folder_gives_the_same_numbers(make_cfg, tmp_path):
+    """facediff-evaluate ckpt_path=: the protocol lands in metrics.json, the generated images in
+    a folder; facediff-evaluate images_dir= on that folder reproduces every number; a
+    facediff-sample folder is scored the same way."""
     from facediff.cli.evaluate import evaluate
+    from facediff.cli.sample import sample
 
     cfg = make_cfg("conditioner=attr_mask_concat", "callbacks.sample_grid.every_n_steps=0")
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    protocol = [
+        "evaluation.num_conditions=4",
+        "evaluation.diversity_conditions=2",
+        "evaluation.samples_per_condition=3",
+        "evaluation.num_steps=2",
+        "evaluation.seed=7",
+        "evaluation.parser_steps=2",
+        "evaluation.classifier_steps=2",
+        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+        "evaluation.kid_subset_size=2",
+    ]
     out = tmp_path / "eval"
-    ecfg = compose(
-        "evaluate",
-        [
-            f"ckpt_path={ckpt}",
-            f"output_dir={out}",
-            "num_conditions=4",
-            "num_steps=2",
-            "parser_steps=2",
-            "classifier_steps=2",
-            f"evaluators_dir={tmp_path / 'ev'}",
-            "kid_subset_size=2",
-        ],
-    )
-    rows = evaluate(ecfg)
+    data = evaluate(compose("evaluate", [f"ckpt_path={ckpt}", f"output_dir={out}", *protocol]))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (
-        metrics["protocol"]["num_conditions"] == 4 and metrics["protocol"]["num_steps_used"] == 2
+    assert metrics == data and metrics["ckpt_path"] == str(ckpt)
+    p = metrics["protocol"]
+    assert (p["num_conditions"], p["seed"], p["num_steps"], p["split"]) == (4, 7, 2, "val")
+    assert metrics["generated"]["num_steps"] == 2 and metrics["generated"]["use_ema"] is True
+    assert metrics["num_samples"] == 4 and metrics["diversity_groups"] == [2, 3]
+    assert "attribute classifier" in metrics["extractors"]["fid_domain"]
+    assert metrics["extractors"]["fid"].startswith("not computed")  # never a silent fallback
+    assert "feature diversity" in metrics["extractors"]["diversity"]
+    own = metrics["rows"]["samples vs own conditions"]
+    assert {"fid_domain", "kid_domain", "miou", "mask_acc", "attr_acc", "diversity"} <= set(own)
+    assert "fid" not in own and own["diversity"] > 0
+    table = (out / "report.md").read_text()
+    assert "| real images (ground truth) |" in table and "FID*" in table and "diversity" in table
+    gen = out / "generated"
+    assert len(list((gen / "samples").glob("*.png"))) == 4 + 2 * 2
+    assert (tmp_path / "ev" / "face_parser.ckpt").is_file()
+
+    again = evaluate(
+        compose("evaluate", [f"images_dir={gen}", f"output_dir={tmp_path / 'again'}", *protocol])
     )
-    assert metrics["protocol"]["split"] == "val" and "feature_extractor" in metrics["protocol"]
-    own = rows["samples vs own conditions"]
-    assert {"fid", "kid", "miou", "mask_acc", "attr_acc"} <= set(own)
-    assert "| real images (ground truth) |" in (out / "report.md").read_text()
+    assert again["rows"] == metrics["rows"]
+
+    sampled = tmp_path / "sampled"
+    sample(
+        compose(
+            "sample",
+            [f"ckpt_path={ckpt}", f"output_dir={sampled}", "from_split=val", "num_conditions=3"]
+            + ["num_samples=2", "num_steps=2"],
+        )
+    )
+    scored = evaluate(
+        compose("evaluate", [f"images_dir={sampled}", f"output_dir={tmp_path / 's'}", *protocol])
+    )
+    assert scored["num_samples"] == 3 and scored["diversity_groups"] == [3, 2]
+
+
+def test_evaluate_bad_inputs_name_the_culprit(tmp_path):
+    import pytest
+
+    from facediff.cli.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="exactly one of ckpt_path=PATH or images_dir=DIR"):
+        evaluate(compose("evaluate", [f"output_dir={tmp_path}"]))
+    with pytest.raises(FileNotFoundError, match="the prepared data None"):
+        evaluate(compose("evaluate", [f"images_dir={tmp_path}", f"output_dir={tmp_path}"]))
 
 
 def test_bench_prints_side_by_side_figures(tmp_path, data_dir):

@@ -1,7 +1,9 @@
-"""facediff-evaluate: score a checkpoint's samples with a pinned, written-down protocol."""
+"""facediff-evaluate: the pinned evaluation protocol (conf/evaluation) on a checkpoint's samples
+(ckpt_path=) or on a folder of images generated elsewhere with their conditions (images_dir=)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,61 +11,62 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from facediff.api import datamodule_for, load_checkpoint, model_from_checkpoint
 from facediff.config import register_resolvers
 
 log = logging.getLogger("facediff.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from facediff.evaluation.metrics import feature_distances
-    from facediff.evaluation.report import evaluators, fidelity_report, write_report
+    """Returns the report (rows, extractors, protocol); writes metrics.json and report.md."""
+    from facediff.api import datamodule_for, load_checkpoint, model_from_checkpoint
+    from facediff.data.datamodule import FaceDataModule
+    from facediff.evaluation.generated import META
+    from facediff.evaluation.report import (
+        evaluate_model,
+        evaluators,
+        score_generated,
+        write_report,
+    )
 
     register_resolvers()
-    model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), use_ema=False).to(cfg.device)
-    info = model.data_info
-    dm = datamodule_for(model)
-    ev_dir = cfg.evaluators_dir or f"{info['root']}-evaluators"
-    parser, classifier = evaluators(dm, ev_dir, cfg.parser_steps, cfg.classifier_steps)
-    sampler_kwargs = {
-        "num_steps": cfg.num_steps,
-        "eta": cfg.eta,
-        "guidance_scale": OmegaConf.to_container(cfg.guidance_scale)
-        if OmegaConf.is_config(cfg.guidance_scale)
-        else cfg.guidance_scale,
-    }
-    report = fidelity_report(
-        model,
-        dm,
-        parser,
-        classifier,
-        cfg.num_conditions,
-        cfg.seed,
-        cfg.batch_size,
-        cfg.split,
-        sampler_kwargs,
-        use_ema=cfg.use_ema,
-    )
-    real = report.pop("real_images")
-    distances = feature_distances(real, report["images"], classifier, cfg.kid_subset_size)
-    report["rows"]["samples vs own conditions"].update(distances)
-    sampler = model.sampler
-    protocol = OmegaConf.to_container(cfg, resolve=True) | {
-        "sampler": sampler.scheduler_cls.__name__,
-        "num_steps_used": cfg.num_steps or sampler.num_steps,
-        "eta_used": sampler.eta if cfg.eta is None else cfg.eta,
-        "guidance_used": sampler.guidance_scale
-        if cfg.guidance_scale is None
-        else sampler_kwargs["guidance_scale"],
-        "resize": "none: samples and references at the training resolution",
-        "feature_extractor": "facediff attribute classifier, penultimate features (domain FID/KID); "
-        "no Inception weights are available offline",
-        "diversity": "not computed (no LPIPS backbone offline)",
-    }
-    table = write_report(report, cfg.output_dir, {"protocol": protocol})
+    protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    out = Path(cfg.output_dir)
+    if bool(cfg.ckpt_path) == bool(cfg.images_dir):
+        raise ValueError("facediff-evaluate: give exactly one of ckpt_path=PATH or images_dir=DIR")
+    if cfg.ckpt_path:
+        model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), use_ema=False)
+        model = model.to(cfg.device)
+        report, table = evaluate_model(model, datamodule_for(model), protocol, out)
+        extra = {"ckpt_path": str(cfg.ckpt_path)}
+    else:
+        images_dir = Path(cfg.images_dir)
+        meta_path = images_dir / META
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        root = cfg.data_root or meta.get("data_root")
+        if not root or not Path(root).is_dir():
+            raise FileNotFoundError(
+                f"images_dir={images_dir}: the prepared data {root!r} (data_root=, or "
+                f"data_root in {meta_path}) is not a folder"
+            )
+        if not isinstance(meta.get("resolution"), int):
+            raise ValueError(f"{meta_path}: 'resolution' (the images' size in pixels) is missing")
+        dm = FaceDataModule(str(root), meta["resolution"], attributes=meta.get("attr_names"))
+        parser, classifier = evaluators(
+            dm,
+            protocol["evaluators_dir"],
+            protocol["parser_steps"],
+            protocol["classifier_steps"],
+        )
+        report = score_generated(images_dir, dm, parser, classifier, protocol)
+        table = write_report(report, out, {"protocol": protocol})
+        extra = {"images_dir": str(images_dir)}
+    data = json.loads((out / "metrics.json").read_text()) | extra
+    (out / "metrics.json").write_text(json.dumps(data, indent=1))
     print(table)
-    log.info("wrote %s", Path(cfg.output_dir) / "metrics.json")
-    return report["rows"]
+    for k, v in report["extractors"].items():
+        print(f"  {k}: {v}")
+    log.info("wrote %s", out / "metrics.json")
+    return data
 
 
 @hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="evaluate")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.api import FaceGenerator
@@ -30,11 +31,25 @@ def sample(cfg: DictConfig) -> Path:
     rows = []
     if cfg.from_split:
         from facediff.api import datamodule_for
+        from facediff.evaluation.generated import write_generated
         from facediff.lit.callbacks import condition_batch, repeat_batch
 
         dm = datamodule_for(gen.model, verify_hash=False)
         cond = condition_batch(dm, cfg.from_split, cfg.num_conditions)
-        images = gen.sample(batch=repeat_batch(cond, k), **kwargs)
+        if "mask" not in gen.model.requires:
+            cond.pop("mask", None)
+        per_image = repeat_batch({key: v for key, v in cond.items() if key != "image"}, k)
+        per_image["sample"] = torch.arange(k).repeat(len(cond["image"]))
+        images = gen.sample(batch=per_image, **kwargs)
+        # the samples with their conditions: facediff-evaluate images_dir=<output_dir> scores them
+        meta = {
+            "data_root": str(dm.root),
+            "split": cfg.from_split,
+            "resolution": dm.resolution,
+            "attr_names": gen.attr_names,
+            "ckpt_path": str(cfg.ckpt_path),
+        } | {key: v for key, v in kwargs.items()}
+        write_generated(out, torch.from_numpy(images).permute(0, 3, 1, 2), per_image, meta)
         real = to_uint8(cond["image"])
         for i in range(len(real)):
             head = [real[i]] + ([colorize(cond["mask"][i])] if "mask" in cond else [])
@@ -43,8 +58,8 @@ def sample(cfg: DictConfig) -> Path:
         attrs = OmegaConf.to_container(cfg.attributes) if cfg.attributes else None
         images = gen.sample(attributes=attrs, mask=cfg.mask, num_samples=k, **kwargs)
         rows.append(list(images))
-    for i, img in enumerate(images):
-        save_png(img, out / "samples" / f"{i:04d}.png")
+        for i, img in enumerate(images):
+            save_png(img, out / "samples" / f"{i:05d}.png")
     path = save_png(grid(rows), out / "grid.png", cfg.upscale)
     (out / "sample_config.json").write_text(
         json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1)

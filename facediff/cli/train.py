@@ -33,9 +33,9 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def build(cfg: DictConfig):
+def build(cfg: DictConfig, datamodule=None):
     """(datamodule, model) from a composed config, checked against each other."""
-    datamodule = instantiate(cfg.data)
+    datamodule = datamodule or instantiate(cfg.data)
     model = instantiate(cfg.model)
     requires = set(getattr(model, "requires", set()))
     datamodule.require_masks = "mask" in requires
@@ -54,23 +54,29 @@ def build(cfg: DictConfig):
     return datamodule, model
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train as configured; returns the final logged metrics."""
+def train(cfg: DictConfig, datamodule=None) -> dict:
+    """Train as configured (on `datamodule` instead of cfg.data when given); returns the final
+    logged metrics."""
     register_resolvers()
     validate(cfg)  # unknown option names and wrong types, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
-    datamodule, model = build(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    datamodule, model = build(cfg, datamodule)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # evaluators trained before any DDP rank starts
+        for cb in callbacks:
+            if hasattr(cb, "prepare") and hasattr(model, "generate"):
+                cb.prepare(datamodule)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=build_loggers(cfg) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
-    log.info("trainable parameters: %.2f M", model.num_parameters() / 1e6)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("trainable parameters: %.2f M", n_params / 1e6)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException:
@@ -93,20 +99,18 @@ def train(cfg: DictConfig) -> dict:
 
 
 def evaluate_after(cfg: DictConfig, model, datamodule, trainer) -> dict:
-    """Train (or reuse) the evaluators and score the model's samples; print the table."""
-    from facediff.evaluation.report import evaluators, fidelity_report, write_report
+    """The evaluation protocol (conf/evaluation) on the final model; prints the table."""
+    from facediff.evaluation.report import evaluate_model
 
-    ev = cfg.evaluation
-    parser, classifier = evaluators(datamodule, ev.dir, ev.parser_steps, ev.classifier_steps)
-    report = fidelity_report(model, datamodule, parser, classifier, ev.num_conditions, ev.seed)
-    table = write_report(
-        report,
-        cfg.paths.output_dir,
-        {"checkpoint_step": trainer.global_step, "protocol": dict(ev)},
-    )
+    protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    out = Path(cfg.paths.output_dir) / "evaluation"
+    report, table = evaluate_model(model, datamodule, protocol, out)
+    gen = report["generated"]
     print(
-        f"\nfidelity of {report['num_conditions']} samples (EMA weights, "
-        f"{model.sampler.num_steps} DDIM steps, guidance {model.sampler.guidance_scale}):\n{table}\n"
+        f"\nevaluation of {report['num_samples']} samples at step {trainer.global_step} (EMA "
+        f"{gen['use_ema']}, {gen['sampler']} {gen['num_steps']} steps, guidance "
+        f"{gen['guidance_scale']}; {out / 'metrics.json'}):\n{table}\n"
+        + "".join(f"  {k}: {v}\n" for k, v in report["extractors"].items())
     )
     return report["rows"]
 

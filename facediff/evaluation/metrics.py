@@ -8,11 +8,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from facediff.data.labels import NUM_MASK_CLASSES
+
+# torchvision's ImageNet weights the LPIPS backbones load (torch hub cache file names)
+LPIPS_BACKBONES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
 
 
 def mask_scores(pred: Tensor, target: Tensor, num_classes: int = NUM_MASK_CLASSES) -> dict:
@@ -38,36 +48,102 @@ def attribute_scores(pred: Tensor, target: Tensor, known: Tensor, names: list[st
     }
 
 
-class _DomainFeatures(torch.nn.Module):
-    """uint8 images -> the attribute classifier's penultimate features (a domain extractor)."""
-
-    def __init__(self, classifier):
-        super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
-
-    def forward(self, x):
-        return self.classifier.features(x.float() / 127.5 - 1)
-
-
-def _to_uint8(x: Tensor) -> Tensor:
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 (the input torchmetrics' FID/KID/IS take)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def feature_distances(real: Tensor, fake: Tensor, classifier, kid_subset_size: int = 50) -> dict:
-    """FID and KID (torchmetrics) between real and generated images in [-1, 1], on the attribute
-    classifier's features. Marked with * in tables: not comparable with Inception FIDs."""
+def _batches(x: Tensor, size: int):
+    return (x[i : i + size] for i in range(0, len(x), size))
+
+
+@torch.no_grad()
+def feature_distances(
+    real: Tensor, fake: Tensor, feature, kid_subset_size: int = 50, batch_size: int = 64
+) -> dict:
+    """FID and KID (torchmetrics) between real and generated images in [-1, 1].
+
+    feature: a module mapping uint8 images to (B, D) features (see `extractors`), or a dict of
+    keyword arguments for torchmetrics (its own Inception). KID uses subsets of
+    min(kid_subset_size, n) images, drawn with a fixed seed; FID on fewer images than feature dimensions is biased
+    upwards (compare FIDs only at equal n)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    extractor = _DomainFeatures(classifier.float().cpu().eval())
-    fid = FrechetInceptionDistance(feature=extractor)
-    kid = KernelInceptionDistance(
-        feature=extractor, subset_size=min(kid_subset_size, len(real), len(fake))
-    )
-    with torch.no_grad():
-        for metric in (fid, kid):
-            metric.update(_to_uint8(real), real=True)
-            metric.update(_to_uint8(fake), real=False)
-        kid_mean, _ = kid.compute()
-        return {"fid": float(fid.compute()), "kid": float(kid_mean)}
+    kw = feature if isinstance(feature, dict) else {"feature": feature}
+    fid = FrechetInceptionDistance(**kw)
+    kid = KernelInceptionDistance(**kw, subset_size=min(kid_subset_size, len(real), len(fake)))
+    for images, is_real in ((real, True), (fake, False)):
+        for b in _batches(images, batch_size):
+            feats = to_uint8(b)
+            fid.update(feats, real=is_real)
+            kid.update(feats, real=is_real)
+    with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same on every run
+        torch.manual_seed(0)
+        kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+@torch.no_grad()
+def inception_score(fake: Tensor, feature: dict, splits: int = 10, batch_size: int = 64) -> dict:
+    """Inception Score (torchmetrics) of generated images in [-1, 1]; `feature`: keyword
+    arguments for torchmetrics' InceptionScore (a network with logits)."""
+    from torchmetrics.image.inception import InceptionScore
+
+    metric = InceptionScore(**feature, splits=min(splits, len(fake)))
+    for b in _batches(fake, batch_size):
+        metric.update(to_uint8(b))
+    mean, std = metric.compute()
+    return {"is": float(mean), "is_std": float(std)}
+
+
+def _pairwise_mean(groups: Tensor, distance) -> float:
+    """Mean of distance(a, b) over all unordered pairs of samples within each group.
+    groups: (C, K, ...) with K >= 2 samples of each of C conditions."""
+    c, k = groups.shape[:2]
+    i, j = torch.triu_indices(k, k, offset=1)
+    total = torch.cat([distance(g[i], g[j]) for g in groups])
+    assert total.numel() == c * len(i)
+    return float(total.mean())
+
+
+@torch.no_grad()
+def feature_diversity(groups: Tensor, classifier) -> float:
+    """Diversity among samples of one condition, LPIPS-style on the attribute classifier:
+    each ResNet stage's activations unit-normalised over channels, squared differences
+    averaged over space, then over stages (uniform weights: LPIPS without its learned linear
+    layers). groups: (C, K, 3, H, W) in [-1, 1]; returns the mean over all pairs."""
+
+    def distance(a, b):
+        fa, fb = classifier.stage_features(a.float()), classifier.stage_features(b.float())
+        d = [
+            ((F.normalize(x, dim=1) - F.normalize(y, dim=1)) ** 2).sum(1).mean((1, 2))
+            for x, y in zip(fa, fb)
+        ]
+        return torch.stack(d).mean(0)
+
+    return _pairwise_mean(groups, distance)
+
+
+def lpips_backbone_file(net_type: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net_type]
+
+
+@torch.no_grad()
+def lpips_diversity(groups: Tensor, net_type: str = "alex") -> float:
+    """Mean pairwise LPIPS (torchmetrics) among samples of one condition. Needs torchvision
+    and the ImageNet backbone in torch's hub cache; the error names the file otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError("diversity=lpips needs torchvision (pip install torchvision)")
+    path = lpips_backbone_file(net_type)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"diversity=lpips: the {net_type} backbone {path} is missing (torchvision's "
+            "ImageNet weights; copy the file there, or use diversity=feature)"
+        )
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    metric = LearnedPerceptualImagePatchSimilarity(net_type=net_type, reduction="none").eval()
+    return _pairwise_mean(groups, lambda a, b: metric(a.clamp(-1, 1), b.clamp(-1, 1)).flatten())

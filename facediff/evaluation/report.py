@@ -1,88 +1,131 @@
-"""Fidelity report: evaluators trained on the data, samples scored against their conditions.
+"""The evaluation protocol: evaluators, samples for the reference split's conditions, scores.
 
-The layout check compares each sample's parsed mask with its own conditioning mask and with
-another condition's mask (the conditions rolled by one); the attribute check does the same with
-the attribute classifier. A model that follows its conditions scores clearly higher on its own.
+One function scores a folder of generated images against their conditions
+(`score_generated`); `sample_for_protocol` writes such a folder from a checkpoint, so a
+checkpoint's numbers and a folder's numbers come from the same code. Rows of the table:
+
+- real images (ground truth): the evaluators on the reference images themselves;
+- samples vs own conditions: FID/KID/IS, fidelity to the conditions, diversity;
+- samples vs shuffled conditions: the same samples against another item's conditions (rolled
+  by one): a model that follows its conditions scores clearly higher on its own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import random
+import shutil
 from pathlib import Path
 
-import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import default_collate
 
-from facediff.evaluation.metrics import attribute_scores, mask_scores
-from facediff.lit.callbacks import condition_batch, to_device
+from facediff.evaluation.extractors import DomainFeatures, inception
+from facediff.evaluation.generated import read_generated, write_generated
+from facediff.evaluation.metrics import (
+    attribute_scores,
+    feature_distances,
+    feature_diversity,
+    inception_score,
+    lpips_diversity,
+    mask_scores,
+    to_uint8,
+)
+from facediff.lit.callbacks import condition_batch, repeat_batch, to_device
 from facediff.lit.evaluators import AttributeClassifier, FaceParser
 
 log = logging.getLogger(__name__)
 
-
-def _fit(module: L.LightningModule, datamodule, steps: int, batch_size: int, path: Path):
-    """Train an evaluator for `steps` on the train split (bf16 autocast) and save it."""
-    ds = datamodule.dataset("train")
-    gen = torch.Generator().manual_seed(0)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=gen, drop_last=True)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        precision="bf16-mixed",
-        limit_val_batches=0,
-    )
-    trainer.fit(module, loader)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return module.eval()
+EVALUATORS = {
+    "face_parser": ("eval_parser", FaceParser),
+    "attribute_classifier": ("eval_classifier", AttributeClassifier),
+}
 
 
-def evaluators(
-    datamodule, directory, parser_steps: int = 300, classifier_steps: int = 300, small: bool = True
-):
-    """(parser, classifier) for this data set, trained once and cached in `directory`."""
+def evaluators_dir(datamodule, directory=None) -> Path:
+    return Path(directory) if directory else Path(f"{datamodule.root}-evaluators")
+
+
+def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
+    """Train one evaluator with its facediff-train experiment (`experiment=eval_parser` or
+    `eval_classifier`) on `datamodule`, and keep its last checkpoint as <directory>/<name>.ckpt."""
+    from facediff.cli.train import train
+    from facediff.config import compose
+
+    experiment, _ = EVALUATORS[name]
     directory = Path(directory)
-    p_path, c_path = directory / "face_parser.ckpt", directory / "attribute_classifier.ckpt"
-    n_attr = len(datamodule.attr_names)
-    if small:  # sized for 32-64 px on a CPU
-        p_kw = dict(
-            hidden_sizes=(32, 64, 128, 256),
-            depths=(1, 1, 1, 1),
-            strides=(2, 2, 2, 2),
-            sr_ratios=(1, 1, 1, 1),
-            decoder_hidden_size=128,
+    run_dir = directory / f"{name}_run"
+    cfg = compose(
+        "train",
+        [
+            f"experiment={experiment}",
+            f"data.resolution={datamodule.resolution}",
+            f"paths.output_dir={run_dir}",
+            f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={min(100, steps)}",  # last.ckpt written at the end
+            "logger=csv",
+            "~callbacks.progress_bar",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
+    from facediff.data.datamodule import FaceDataModule
+
+    dm = FaceDataModule(
+        str(datamodule.root),
+        datamodule.resolution,
+        attributes=list(datamodule.attr_names),
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        verify_hash=False,
+    )
+    log.info("training the %s for %d steps (experiment=%s)", name, steps, experiment)
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:  # the caller's random streams are left as they were
+        train(cfg, datamodule=dm)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    path = directory / f"{name}.ckpt"
+    os.replace(run_dir / "checkpoints" / "last.ckpt", path)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return path
+
+
+def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_steps: int = 300):
+    """(parser, classifier) for this prepared data set: <directory>/face_parser.ckpt and
+    attribute_classifier.ckpt (any facediff-train checkpoint of those experiments), trained
+    there on first use."""
+    directory = evaluators_dir(datamodule, directory)
+    out = []
+    for name, steps in (("face_parser", parser_steps), ("attribute_classifier", classifier_steps)):
+        path = directory / f"{name}.ckpt"
+        if not path.is_file():
+            train_evaluator(name, datamodule, directory, steps)
+        module = EVALUATORS[name][1].load_from_checkpoint(  # facediff's own file
+            path, map_location="cpu", weights_only=False
         )
-        c_kw = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1))
-    else:  # ResNet-18 and SegFormer-B0 for 256 px
-        p_kw, c_kw = {}, {}
-    if p_path.is_file():
-        parser = FaceParser.load_from_checkpoint(p_path, map_location="cpu").eval()
-    else:
-        log.info("training the face parser for %d steps", parser_steps)
-        parser = _fit(FaceParser(**p_kw), datamodule, parser_steps, 64, p_path)
-    if c_path.is_file():
-        classifier = AttributeClassifier.load_from_checkpoint(c_path, map_location="cpu").eval()
-    else:
-        log.info("training the attribute classifier for %d steps", classifier_steps)
-        classifier = _fit(
-            AttributeClassifier(n_attr, **c_kw), datamodule, classifier_steps, 64, c_path
+        out.append(module.float().eval())
+    parser, classifier = out
+    if classifier.head.out_features != len(datamodule.attr_names):
+        raise ValueError(
+            f"{directory / 'attribute_classifier.ckpt'}: {classifier.head.out_features} "
+            f"attributes, the data has {len(datamodule.attr_names)}"
         )
     return parser, classifier
 
 
 @torch.no_grad()
 def score(images: torch.Tensor, cond: dict, parser, classifier, names) -> dict:
-    """Scores of images (B, 3, H, W) in [-1, 1] against the conditions in `cond`."""
+    """Fidelity of images (B, 3, H, W) in [-1, 1] to the conditions in `cond`."""
     out = {}
     if "mask" in cond:
-        out.update(mask_scores(parser.parse(images), cond["mask"]))
-    pred = classifier(images) > 0
+        labels = torch.cat([parser.parse(b) for b in images.split(64)])
+        out.update(mask_scores(labels, cond["mask"]))
+    pred = torch.cat([classifier(b) > 0 for b in images.split(64)])
     out.update(attribute_scores(pred, cond["attrs"], cond["attrs_known"], names))
     return out
 
@@ -92,79 +135,198 @@ def roll(cond: dict) -> dict:
     return {k: v.roll(1, 0) for k, v in cond.items()}
 
 
+def _float(images_u8: torch.Tensor) -> torch.Tensor:
+    return images_u8.float() / 127.5 - 1
+
+
 @torch.no_grad()
-def fidelity_report(
-    model,
-    datamodule,
-    parser,
-    classifier,
-    num_conditions: int = 64,
-    seed: int = 0,
-    batch_size: int = 64,
-    split: str = "val",
-    sampler_kwargs: dict | None = None,
-    use_ema: bool = True,
-) -> dict:
-    """Ground truth, samples vs their own conditions, samples vs shuffled conditions."""
-    names = datamodule.attr_names
-    cond = condition_batch(datamodule, split, num_conditions)
+def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
+    """Generate the protocol's images for a model and write them as a generated folder: one
+    sample for each of the first `num_conditions` items of `split` (seeds seed, seed + 1, ...
+    per batch), then `samples_per_condition` samples for the first `diversity_conditions`."""
+    cond = condition_batch(datamodule, p["split"], p["num_conditions"])
+    n = len(cond["image"])
+    # the mask is a condition only for models that take one (else it is not scored)
+    drop = {"image"} | ({"mask"} - set(getattr(model, "requires", {"mask"})))
+    cond = {k: v for k, v in cond.items() if k not in drop}
+    cond["sample"] = torch.zeros(n, dtype=torch.long)
+    k, d = p["samples_per_condition"], min(p["diversity_conditions"], n)
+    if d and k > 1:
+        extra = repeat_batch({key: v[:d] for key, v in cond.items()}, k - 1)
+        extra["sample"] = torch.arange(1, k).repeat(d)
+        cond = {key: torch.cat([cond[key], extra[key]]) for key in cond}
+    kw = {"num_steps": p["num_steps"], "eta": p["eta"], "guidance_scale": p["guidance_scale"]}
     model.eval()
-    if use_ema:
+    if p["use_ema"]:
         model.swap_ema(True)
     try:
-        images = torch.cat(
-            [
-                model.generate(
-                    to_device({k: v[i : i + batch_size] for k, v in cond.items()}, model.device),
-                    seed=seed + i,
-                    **(sampler_kwargs or {}),
-                )
-                .float()
-                .cpu()
-                for i in range(0, len(cond["image"]), batch_size)
-            ]
-        )
+        bs, total = p["batch_size"], len(cond["index"])
+        images = []
+        for i in range(0, total, bs):
+            batch = to_device({key: v[i : i + bs] for key, v in cond.items()}, model.device)
+            images.append(to_uint8(model.generate(batch, seed=p["seed"] + i, **kw)).cpu())
+            log.info("sampled %d / %d", min(i + bs, total), total)
     finally:
-        if use_ema:
+        if p["use_ema"]:
             model.swap_ema(False)
-    parser, classifier = parser.float().cpu(), classifier.float().cpu()
-    rows = {
-        "real images (ground truth)": score(cond["image"], cond, parser, classifier, names),
-        "samples vs own conditions": score(images, cond, parser, classifier, names),
-        "samples vs shuffled conditions": score(images, roll(cond), parser, classifier, names),
+    sampler = model.sampler
+    meta = {
+        "data_root": str(datamodule.root),
+        "split": p["split"],
+        "resolution": datamodule.resolution,
+        "attr_names": list(datamodule.attr_names),
+        "sampler": type(sampler).__name__ + f"({sampler.scheduler_cls.__name__})",
+        "num_steps": p["num_steps"] or sampler.num_steps,
+        "eta": sampler.eta if p["eta"] is None else p["eta"],
+        "guidance_scale": sampler.guidance_scale
+        if p["guidance_scale"] is None
+        else p["guidance_scale"],
+        "use_ema": p["use_ema"],
+        "seed": p["seed"],
     }
+    return write_generated(out_dir, torch.cat(images), cond, meta)
+
+
+def reference_items(datamodule, split: str, index: torch.Tensor) -> dict:
+    """The items of `split` with these data-array indices, collated (real images, conditions)."""
+    ds = datamodule.dataset(split)
+    where = {int(i): pos for pos, i in enumerate(ds.indices)}
+    missing = [int(i) for i in index if int(i) not in where]
+    if missing:
+        raise ValueError(
+            f"conditions index {missing[:5]} not in the {split} split of {datamodule.root}"
+        )
+    return default_collate([ds[where[int(i)]] for i in index])
+
+
+@torch.no_grad()
+def score_generated(directory, datamodule, parser, classifier, p) -> dict:
+    """Score a generated folder: the three rows, with the extractors and settings named."""
+    images, cond, meta = read_generated(directory)
+    names = list(datamodule.attr_names)
+    if meta["attr_names"] != names:
+        raise ValueError(
+            f"{directory}: generated for attributes {meta['attr_names']}, the data has {names}"
+        )
+    if "mask" in cond and cond["mask"].shape[-1] != datamodule.resolution:
+        raise ValueError(
+            f"{directory}: {cond['mask'].shape[-1]} px, the data is {datamodule.resolution} px"
+        )
+    first = cond["sample"] == 0
+    main = {k: v[first] for k, v in cond.items()}
+    fake = _float(images[first])
+    ref = reference_items(datamodule, meta["split"], main["index"])
+    real = ref["image"]
+    own = score(fake, main, parser, classifier, names)
+    rows = {
+        "real images (ground truth)": score(real, ref, parser, classifier, names),
+        "samples vs own conditions": own,
+        "samples vs shuffled conditions": score(fake, roll(main), parser, classifier, names),
+    }
+    kid_n = p["kid_subset_size"]
+    domain = DomainFeatures(classifier)
+    d = feature_distances(real, fake, domain, kid_n, p["batch_size"])
+    own.update({"fid_domain": d["fid"], "kid_domain": d["kid"], "kid_domain_std": d["kid_std"]})
+    fid_feature, is_feature, inception_name = inception(p["inception"])
+    if fid_feature is not None:
+        d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"])
+        own.update(d)
+    if is_feature is not None:
+        own.update(inception_score(fake, is_feature, batch_size=p["batch_size"]))
+    groups = _groups(images, cond)
+    if groups is not None:
+        if p["diversity"] == "lpips":
+            own["diversity"] = lpips_diversity(_float(groups), p["lpips_net"])
+        elif p["diversity"] == "feature":
+            own["diversity"] = feature_diversity(_float(groups), classifier)
+        else:
+            raise ValueError(f"evaluation.diversity={p['diversity']!r}: expected feature or lpips")
+    diversity_name = {
+        "lpips": f"LPIPS ({p['lpips_net']}, torchmetrics), mean over all pairs of samples of one condition",
+        "feature": "feature diversity: LPIPS-style distance on the attribute classifier's ResNet "
+        "stages (unit-normalised channels, uniform weights), mean over all pairs of samples "
+        "of one condition; not comparable with LPIPS",
+    }[p["diversity"]]
     return {
-        "num_conditions": len(images),
+        "num_samples": int(first.sum()),
+        "diversity_groups": None if groups is None else list(groups.shape[:2]),
         "attributes": names,
         "rows": rows,
-        "images": images,
-        "real_images": cond["image"],
+        "generated": meta | {"dir": str(directory)},
+        "extractors": {
+            "fid_domain": DomainFeatures.name,
+            "fid": inception_name or "not computed (evaluation.inception=null)",
+            "is": "not computed ("
+            + ("this Inception has no logits" if inception_name else "no Inception")
+            + ")"
+            if is_feature is None
+            else inception_name,
+            "diversity": diversity_name
+            if groups is not None
+            else "not computed (one sample per condition)",
+            "resize": "none for the domain extractor (training resolution); Inception: bilinear "
+            "to 299x299",
+        },
     }
+
+
+def _groups(images: torch.Tensor, cond: dict) -> torch.Tensor | None:
+    """(C, K, 3, H, W): the conditions with the most samples, K of each (None if K < 2)."""
+    counts = torch.bincount(cond["sample"])
+    k = int((counts > 0).sum())
+    if k < 2:
+        return None
+    have_k = torch.unique(cond["index"][cond["sample"] == k - 1])
+    out = []
+    for idx in have_k:
+        rows = torch.nonzero((cond["index"] == idx) & (cond["sample"] < k)).flatten()
+        rows = rows[torch.argsort(cond["sample"][rows])]
+        out.append(images[rows[:k]])
+    return torch.stack(out)
+
+
+COLUMNS = [
+    ("fid", "FID", "{:.2f}", 1),
+    ("kid", "KID x100", "{:.2f}", 100),
+    ("is", "IS", "{:.2f}", 1),
+    ("fid_domain", "FID*", "{:.2f}", 1),
+    ("kid_domain", "KID* x100", "{:.2f}", 100),
+    ("attr_acc", "attribute acc.", "{:.1f}", 100),
+    ("mask_acc", "mask acc.", "{:.1f}", 100),
+    ("miou", "mIoU", "{:.1f}", 100),
+    ("diversity", "diversity", "{:.4f}", 1),
+]
 
 
 def markdown_table(rows: dict) -> str:
-    cols = [
-        ("fid", "FID*"),
-        ("kid", "KID* x100"),
-        ("mask_acc", "mask acc."),
-        ("miou", "mIoU"),
-        ("attr_acc", "attribute acc."),
-    ]
+    """The paper's Table 4 columns (FID, KID, attribute acc., mask acc., mIoU, diversity);
+    a column only where some row has it. * = the domain extractor."""
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
     lines = ["| | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        cells = [
-            (f"{r[k]:.2f}" if k == "fid" else f"{100 * r[k]:.1f}") if k in r else "-"
-            for k, _ in cols
-        ]
+        cells = [fmt.format(r[k] * scale) if k in r else "-" for k, _, fmt, scale in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
+    """metrics.json (everything, the protocol included) and report.md (the table)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report["rows"])
-    data = {k: v for k, v in report.items() if k not in ("images", "real_images")} | (extra or {})
-    (out_dir / "metrics.json").write_text(json.dumps(data, indent=1))
-    (out_dir / "report.md").write_text(table + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(report | (extra or {}), indent=1))
+    notes = "\n".join(f"- {k}: {v}" for k, v in report.get("extractors", {}).items())
+    (out_dir / "report.md").write_text(table + "\n\n" + notes + "\n")
     return table
+
+
+def evaluate_model(model, datamodule, p, out_dir) -> tuple[dict, str]:
+    """The whole protocol for a model: evaluators, samples (written under out_dir/generated),
+    scores, metrics.json and report.md. Returns (report, table)."""
+    parser, classifier = evaluators(
+        datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
+    )
+    gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
+    report = score_generated(gen_dir, datamodule, parser, classifier, p)
+    table = write_report(report, out_dir, {"protocol": dict(p)})
+    return report, table

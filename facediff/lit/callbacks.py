@@ -103,6 +103,85 @@ class SampleGrid(L.Callback):
         return path
 
 
+class FidelityMonitor(L.Callback):
+    """Every `every_n_steps`, a cheap slice of the evaluation protocol: sample (EMA weights,
+    `num_steps` sampler steps) for the first `num_conditions` validation items and log how well
+    the samples follow their conditions, and another item's conditions, as
+    fidelity/{attr_acc,mask_acc,miou}[_shuffled]: on a W&B dashboard the conditioning rising,
+    not only the loss. The evaluators are the protocol's (`facediff.evaluation.report`),
+    trained before fit when absent."""
+
+    def __init__(
+        self,
+        every_n_steps: int = 5000,
+        num_conditions: int = 64,
+        num_steps: int | None = 25,
+        seed: int = 0,
+        evaluators_dir: str | None = None,
+        parser_steps: int = 300,
+        classifier_steps: int = 300,
+    ):
+        self.every_n_steps, self.num_conditions = every_n_steps, num_conditions
+        self.num_steps, self.seed, self.evaluators_dir = num_steps, seed, evaluators_dir
+        self.parser_steps, self.classifier_steps = parser_steps, classifier_steps
+        self.parser = self.classifier = None
+        self._last_step = -1
+
+    def prepare(self, datamodule) -> None:
+        """Load (or train) the evaluators; facediff-train calls this before fit on rank 0."""
+        from facediff.evaluation.report import evaluators
+
+        if self.every_n_steps and self.parser is None:
+            self.parser, self.classifier = evaluators(
+                datamodule, self.evaluators_dir, self.parser_steps, self.classifier_steps
+            )
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and hasattr(pl_module, "generate") and trainer.datamodule is not None:
+            self.prepare(trainer.datamodule)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
+            metrics = self.measure(trainer, pl_module)
+            if metrics:
+                pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    @torch.no_grad()
+    def measure(self, trainer, pl_module) -> dict | None:
+        from facediff.evaluation.report import roll, score
+
+        if (
+            self.parser is None
+            or trainer.global_step == self._last_step
+            or not trainer.is_global_zero
+            or trainer.fast_dev_run
+        ):
+            return None
+        self._last_step = trainer.global_step
+        dm = trainer.datamodule
+        cond = condition_batch(dm, "val", self.num_conditions)
+        if "mask" not in pl_module.requires:
+            cond.pop("mask", None)
+        was_training = pl_module.training
+        pl_module.eval()
+        pl_module.swap_ema(True)
+        try:
+            batch = to_device({k: v for k, v in cond.items() if k != "image"}, pl_module.device)
+            images = pl_module.generate(batch, seed=self.seed, num_steps=self.num_steps).cpu()
+        finally:
+            pl_module.swap_ema(False)
+            pl_module.train(was_training)
+        names = dm.attr_names
+        own = score(images, cond, self.parser, self.classifier, names)
+        other = score(images, roll(cond), self.parser, self.classifier, names)
+        keys = [k for k in ("attr_acc", "mask_acc", "miou") if k in own]
+        metrics = {f"fidelity/{k}": own[k] for k in keys}
+        metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
+        log.info("fidelity at step %d: %s", trainer.global_step, metrics)
+        return metrics
+
+
 class GracefulInterrupt(L.Callback):
     """SIGTERM or SIGINT: finish the current step, write `<dirpath>/last.ckpt`, stop cleanly.
 

