@@ -145,7 +145,12 @@ class FidelityMonitor(L.Callback):
         if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
             metrics = self.measure(trainer, pl_module)
             if metrics:
-                pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+                # straight to the loggers, at the step Lightning logs this batch's loss at
+                # (self.log from a callback re-logs the value at later steps until replaced)
+                step = trainer.fit_loop.epoch_loop._batches_that_stepped
+                for lg in trainer.loggers:
+                    lg.log_metrics(metrics, step=step)
+                trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     @torch.no_grad()
     def measure(self, trainer, pl_module) -> dict | None:

@@ -1,8 +1,7 @@
-import pytest
-import torch
-
 import numpy as np
+import pytest
 import scipy.linalg
+import torch
 
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.metrics import (

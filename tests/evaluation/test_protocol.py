@@ -1,0 +1,140 @@
+"""The evaluators as facediff-train experiments, the fidelity monitor during training, and the
+generated-folder format facediff-evaluate scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facediff.cli.train import train
+from facediff.evaluation.generated import CONDITIONS, read_generated, write_generated
+from facediff.evaluation.report import _groups, evaluators, markdown_table
+from facediff.lit.evaluators import AttributeClassifier, FaceParser
+
+
+def logged(cfg) -> list[dict]:
+    path = next(Path(cfg.paths.output_dir).rglob("metrics.csv"))
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "cls", "metric"),
+    [
+        ("eval_classifier", AttributeClassifier, "val/attr_acc"),
+        ("eval_parser", FaceParser, "val/pixel_acc"),
+    ],
+)
+def test_evaluator_experiments_train_through_facediff_train(make_cfg, experiment, cls, metric):
+    cfg = make_cfg(
+        f"experiment={experiment}", "trainer.max_steps=4", "trainer.val_check_interval=2"
+    )
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    module = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    assert isinstance(module, cls)
+    rows = [r for r in logged(cfg) if r.get(metric)]
+    assert rows and 0 <= float(rows[-1][metric]) <= 1
+
+
+def test_evaluators_are_trained_once_and_reused(make_cfg, tmp_path):
+    from facediff.cli.train import build
+
+    cfg = make_cfg()
+    dm, _ = build(cfg)
+    ev = tmp_path / "ev"
+    parser, classifier = evaluators(dm, ev, parser_steps=2, classifier_steps=2)
+    stamp = {p.name: p.stat().st_mtime_ns for p in ev.glob("*.ckpt")}
+    assert set(stamp) == {"face_parser.ckpt", "attribute_classifier.ckpt"}
+    assert classifier.head.out_features == len(dm.attr_names)
+    parser2, _ = evaluators(dm, ev, parser_steps=2, classifier_steps=2)
+    assert {p.name: p.stat().st_mtime_ns for p in ev.glob("*.ckpt")} == stamp  # not retrained
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(parser(x), parser2(x))
+    assert not (ev / "face_parser_run" / "checkpoints").exists()
+
+
+def test_fidelity_is_logged_during_training(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "conditioner=attr_mask_concat",
+        "trainer.max_steps=4",
+        "callbacks.fidelity.every_n_steps=2",
+        "callbacks.fidelity.num_conditions=3",
+        "callbacks.fidelity.num_steps=2",
+        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+        "evaluation.parser_steps=2",
+        "evaluation.classifier_steps=2",
+    )
+    train(cfg)
+    rows = [r for r in logged(cfg) if r.get("fidelity/miou")]
+    assert [int(r["step"]) for r in rows] == [1, 3]  # logged at global steps 2 and 4
+    for r in rows:
+        for key in ("attr_acc", "mask_acc", "miou", "miou_shuffled", "attr_acc_shuffled"):
+            assert 0 <= float(r[f"fidelity/{key}"]) <= 1
+    assert (tmp_path / "ev" / "face_parser.ckpt").is_file()
+
+
+def _folder(tmp_path, n=6, k=3, size=8):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    cond = {
+        "index": torch.tensor([5, 5, 5, 9, 9, 9])[:n],
+        "sample": torch.arange(k).repeat(n // k),
+        "attrs": torch.randint(0, 2, (n, 2), generator=g).float(),
+        "attrs_known": torch.ones(n, 2, dtype=torch.bool),
+        "mask": torch.randint(0, 19, (n, size, size), generator=g),
+    }
+    meta = {"data_root": "x", "split": "val", "resolution": size, "attr_names": ["a", "b"]}
+    return write_generated(tmp_path / "gen", images, cond, meta), images, cond
+
+
+def test_generated_folder_round_trip_and_groups(tmp_path):
+    d, images, cond = _folder(tmp_path)
+    got, got_cond, meta = read_generated(d)
+    assert torch.equal(got, images) and meta["attr_names"] == ["a", "b"]
+    for key in cond:
+        assert torch.equal(got_cond[key], cond[key].to(got_cond[key].dtype)), key
+    groups = _groups(got, got_cond)
+    assert groups.shape == (2, 3, 3, 8, 8) and torch.equal(groups[1, 2], images[5])
+
+
+def test_generated_folder_bad_inputs(tmp_path):
+    d, _, _ = _folder(tmp_path)
+    next((d / "samples").glob("*.png")).unlink()
+    with pytest.raises(ValueError, match="5 PNG files, but conditions.npz has 6 rows"):
+        read_generated(d)
+    (d / CONDITIONS).unlink()
+    with pytest.raises(FileNotFoundError, match="conditions.npz is missing"):
+        read_generated(d)
+    d2, _, _ = _folder(tmp_path / "b")
+    z = dict(np.load(d2 / CONDITIONS))
+    del z["attrs_known"]
+    np.savez(d2 / CONDITIONS, **z)
+    with pytest.raises(ValueError, match="no 'attrs_known' array"):
+        read_generated(d2)
+    meta = json.loads((d2 / "generated.json").read_text())
+    del meta["resolution"]
+    (d2 / "generated.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="generated.json: no 'resolution'"):
+        read_generated(d2)
+
+
+def test_table_has_the_paper_columns_only_where_computed():
+    rows = {
+        "real images (ground truth)": {"attr_acc": 0.9, "mask_acc": 0.8, "miou": 0.5},
+        "samples vs own conditions": {
+            "fid_domain": 12.345,
+            "kid_domain": 0.0123,
+            "attr_acc": 0.7,
+            "diversity": 0.25,
+        },
+    }
+    table = markdown_table(rows).splitlines()
+    assert table[0] == "| | FID* | KID* x100 | attribute acc. | mask acc. | mIoU | diversity |"
+    assert table[2] == "| real images (ground truth) | - | - | 90.0 | 80.0 | 50.0 | - |"
+    assert table[3] == "| samples vs own conditions | 12.35 | 1.23 | 70.0 | - | - | 0.2500 |"
