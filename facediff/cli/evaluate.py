@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
             protocol["parser_steps"],
             protocol["classifier_steps"],
         )
-        report = score_generated(images_dir, dm, parser, classifier, protocol)
+        report = score_generated(images_dir, dm, parser, classifier, protocol, cfg.device)
         table = write_report(report, out, {"protocol": protocol})
         extra = {"images_dir": str(images_dir)}
     data = json.loads((out / "metrics.json").read_text()) | extra

@@ -75,7 +75,12 @@ class _Memo(torch.nn.Module):
 
 @torch.no_grad()
 def feature_distances(
-    real: Tensor, fake: Tensor, feature, kid_subset_size: int = 50, batch_size: int = 64
+    real: Tensor,
+    fake: Tensor,
+    feature,
+    kid_subset_size: int = 50,
+    batch_size: int = 64,
+    device="cpu",
 ) -> dict:
     """FID and KID (torchmetrics) between real and generated images in [-1, 1].
 
@@ -87,11 +92,12 @@ def feature_distances(
     from torchmetrics.image.kid import KernelInceptionDistance
 
     kw = feature if isinstance(feature, dict) else {"feature": _Memo(feature)}
-    fid = FrechetInceptionDistance(**kw)
+    fid = FrechetInceptionDistance(**kw).to(device)
     kid = KernelInceptionDistance(**kw, subset_size=min(kid_subset_size, len(real), len(fake)))
+    kid = kid.to(device)
     for images, is_real in ((real, True), (fake, False)):
         for b in _batches(images, batch_size):
-            feats = to_uint8(b)
+            feats = to_uint8(b).to(device)
             fid.update(feats, real=is_real)
             kid.update(feats, real=is_real)
     with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same on every run
@@ -101,14 +107,16 @@ def feature_distances(
 
 
 @torch.no_grad()
-def inception_score(fake: Tensor, feature: dict, splits: int = 10, batch_size: int = 64) -> dict:
+def inception_score(
+    fake: Tensor, feature: dict, splits: int = 10, batch_size: int = 64, device="cpu"
+) -> dict:
     """Inception Score (torchmetrics) of generated images in [-1, 1]; `feature`: keyword
     arguments for torchmetrics' InceptionScore (a network with logits)."""
     from torchmetrics.image.inception import InceptionScore
 
-    metric = InceptionScore(**feature, splits=min(splits, len(fake)))
+    metric = InceptionScore(**feature, splits=min(splits, len(fake))).to(device)
     for b in _batches(fake, batch_size):
-        metric.update(to_uint8(b))
+        metric.update(to_uint8(b).to(device))
     mean, std = metric.compute()
     return {"is": float(mean), "is_std": float(std)}
 
@@ -130,8 +138,11 @@ def feature_diversity(groups: Tensor, classifier) -> float:
     averaged over space, then over stages (uniform weights: LPIPS without its learned linear
     layers). groups: (C, K, 3, H, W) in [-1, 1]; returns the mean over all pairs."""
 
+    dev = next(classifier.parameters()).device
+
     def distance(a, b):
-        fa, fb = classifier.stage_features(a.float()), classifier.stage_features(b.float())
+        fa = classifier.stage_features(a.float().to(dev))
+        fb = classifier.stage_features(b.float().to(dev))
         d = [
             ((F.normalize(x, dim=1) - F.normalize(y, dim=1)) ** 2).sum(1).mean((1, 2))
             for x, y in zip(fa, fb)
@@ -146,7 +157,7 @@ def lpips_backbone_file(net_type: str) -> Path:
 
 
 @torch.no_grad()
-def lpips_diversity(groups: Tensor, net_type: str = "alex") -> float:
+def lpips_diversity(groups: Tensor, net_type: str = "alex", device="cpu") -> float:
     """Mean pairwise LPIPS (torchmetrics) among samples of one condition. Needs torchvision
     and the ImageNet backbone in torch's hub cache; the error names the file otherwise."""
     import importlib.util
@@ -161,5 +172,10 @@ def lpips_diversity(groups: Tensor, net_type: str = "alex") -> float:
         )
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-    metric = LearnedPerceptualImagePatchSimilarity(net_type=net_type, reduction="none").eval()
-    return _pairwise_mean(groups, lambda a, b: metric(a.clamp(-1, 1), b.clamp(-1, 1)).flatten())
+    metric = LearnedPerceptualImagePatchSimilarity(net_type=net_type, reduction="none")
+    metric = metric.to(device).eval()
+
+    def distance(a, b):
+        return metric(a.clamp(-1, 1).to(device), b.clamp(-1, 1).to(device)).flatten().cpu()
+
+    return _pairwise_mean(groups, distance)

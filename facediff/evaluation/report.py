@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import default_collate
+from tqdm.auto import tqdm
 
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.generated import read_generated, write_generated
@@ -54,6 +55,7 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
     `eval_classifier`) on `datamodule`, and keep its last checkpoint as <directory>/<name>.ckpt."""
     from facediff.cli.train import train
     from facediff.config import compose
+    from facediff.data.datamodule import FaceDataModule
 
     experiment, _ = EVALUATORS[name]
     directory = Path(directory)
@@ -71,16 +73,16 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
             "trainer.enable_progress_bar=false",
         ],
     )
-    from facediff.data.datamodule import FaceDataModule
-
-    dm = FaceDataModule(
+    dm = FaceDataModule(  # every attribute of the prepared data: one classifier serves all
         str(datamodule.root),
         datamodule.resolution,
-        attributes=list(datamodule.attr_names),
+        attributes=None,
         batch_size=cfg.data.batch_size,
         seed=cfg.seed,
         verify_hash=False,
     )
+    if "num_attributes" in cfg.model:
+        cfg.model.num_attributes = len(dm.attr_names)
     log.info("training the %s for %d steps (experiment=%s)", name, steps, experiment)
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:  # the caller's random streams are left as they were
@@ -98,10 +100,13 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
 def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_steps: int = 300):
     """(parser, classifier) for this prepared data set: <directory>/face_parser.ckpt and
     attribute_classifier.ckpt (any facediff-train checkpoint of those experiments), trained
-    there on first use."""
+    there on first use. The parser is None for data without masks."""
     directory = evaluators_dir(datamodule, directory)
     out = []
     for name, steps in (("face_parser", parser_steps), ("attribute_classifier", classifier_steps)):
+        if name == "face_parser" and not datamodule.has_masks:  # MAAD-Face: no masks to parse
+            out.append(None)
+            continue
         path = directory / f"{name}.ckpt"
         if not path.is_file():
             train_evaluator(name, datamodule, directory, steps)
@@ -116,22 +121,21 @@ def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_s
             ) from e
         out.append(module.float().eval())
     parser, classifier = out
-    if classifier.head.out_features != len(datamodule.attr_names):
-        raise ValueError(
-            f"{directory / 'attribute_classifier.ckpt'}: {classifier.head.out_features} "
-            f"attributes, the data has {len(datamodule.attr_names)}"
-        )
+    classifier.columns(datamodule.attr_names, str(directory / "attribute_classifier.ckpt"))
     return parser, classifier
 
 
 @torch.no_grad()
 def score(images: torch.Tensor, cond: dict, parser, classifier, names) -> dict:
-    """Fidelity of images (B, 3, H, W) in [-1, 1] to the conditions in `cond`."""
+    """Fidelity of images (B, 3, H, W) in [-1, 1] to the conditions in `cond` (the evaluators
+    run on their own device, in batches of 64)."""
     out = {}
-    if "mask" in cond:
-        labels = torch.cat([parser.parse(b) for b in images.split(64)])
+    dev = next(classifier.parameters()).device
+    if "mask" in cond and parser is not None:
+        labels = torch.cat([parser.parse(b.to(dev)).cpu() for b in images.split(64)])
         out.update(mask_scores(labels, cond["mask"]))
-    pred = torch.cat([classifier(b) > 0 for b in images.split(64)])
+    cols = classifier.columns(names)
+    pred = torch.cat([(classifier(b.to(dev)) > 0)[:, cols].cpu() for b in images.split(64)])
     out.update(attribute_scores(pred, cond["attrs"], cond["attrs_known"], names))
     return out
 
@@ -148,8 +152,8 @@ def _float(images_u8: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
     """Generate the protocol's images for a model and write them as a generated folder: one
-    sample for each of the first `num_conditions` items of `split` (seeds seed, seed + 1, ...
-    per batch), then `samples_per_condition` samples for the first `diversity_conditions`."""
+    sample for each of the first `num_conditions` items of `split` (the batch starting at row r
+    with seed + r), then `samples_per_condition` samples for the first `diversity_conditions`."""
     cond = condition_batch(datamodule, p["split"], p["num_conditions"])
     n = len(cond["image"])
     # the mask is a condition only for models that take one (else it is not scored)
@@ -168,11 +172,13 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
     try:
         bs, total = p["batch_size"], len(cond["index"])
         images = []
+        bar = tqdm(total=total, desc="sampling for the evaluation", unit="img")
         for i in range(0, total, bs):
             batch = to_device({key: v[i : i + bs] for key, v in cond.items()}, model.device)
             images.append(to_uint8(model.generate(batch, seed=p["seed"] + i, **kw)).cpu())
-            log.info("sampled %d / %d", min(i + bs, total), total)
+            bar.update(min(bs, total - i))
     finally:
+        bar.close()
         if p["use_ema"]:
             model.swap_ema(False)
     sampler = model.sampler
@@ -206,9 +212,12 @@ def reference_items(datamodule, split: str, index: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def score_generated(directory, datamodule, parser, classifier, p) -> dict:
-    """Score a generated folder: the three rows, with the extractors and settings named."""
+def score_generated(directory, datamodule, parser, classifier, p, device="cpu") -> dict:
+    """Score a generated folder: the three rows, with the extractors and settings named. The
+    evaluators and feature extractors run on `device`."""
     images, cond, meta = read_generated(directory)
+    parser = parser.to(device) if parser is not None else None
+    classifier = classifier.to(device)
     names = list(datamodule.attr_names)
     if meta["attr_names"] != names:
         raise ValueError(
@@ -231,18 +240,18 @@ def score_generated(directory, datamodule, parser, classifier, p) -> dict:
     }
     kid_n = p["kid_subset_size"]
     domain = DomainFeatures(classifier)
-    d = feature_distances(real, fake, domain, kid_n, p["batch_size"])
+    d = feature_distances(real, fake, domain, kid_n, p["batch_size"], device)
     own.update({"fid_domain": d["fid"], "kid_domain": d["kid"], "kid_domain_std": d["kid_std"]})
     fid_feature, is_feature, inception_name = inception(p["inception"])
     if fid_feature is not None:
-        d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"])
+        d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"], device)
         own.update(d)
     if is_feature is not None:
-        own.update(inception_score(fake, is_feature, batch_size=p["batch_size"]))
+        own.update(inception_score(fake, is_feature, batch_size=p["batch_size"], device=device))
     groups = _groups(images, cond)
     if groups is not None:
         if p["diversity"] == "lpips":
-            own["diversity"] = lpips_diversity(_float(groups), p["lpips_net"])
+            own["diversity"] = lpips_diversity(_float(groups), p["lpips_net"], device)
         elif p["diversity"] == "feature":
             own["diversity"] = feature_diversity(_float(groups), classifier)
         else:
@@ -333,6 +342,6 @@ def evaluate_model(model, datamodule, p, out_dir) -> tuple[dict, str]:
         datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
     )
     gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
-    report = score_generated(gen_dir, datamodule, parser, classifier, p)
+    report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)
     table = write_report(report, out_dir, {"protocol": dict(p)})
     return report, table

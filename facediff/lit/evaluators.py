@@ -45,6 +45,26 @@ class AttributeClassifier(L.LightningModule):
         )
         self.head = torch.nn.Linear(widths[-1], num_attributes)
         self.num_features = widths[-1]
+        self.data_info: dict | None = None  # set by facediff-train: the attribute names
+        self.attr_names: list[str] | None = None
+
+    def on_fit_start(self) -> None:
+        if self.data_info:
+            self.attr_names = list(self.data_info["attr_names"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["attr_names"] = self.attr_names
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.attr_names = checkpoint.get("attr_names")
+
+    def columns(self, names: list[str], where: str = "the attribute classifier") -> list[int]:
+        """Output columns of these attribute names (the classifier may know more)."""
+        known = self.attr_names or []
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ValueError(f"{where}: trained on {known}, not on {missing}; train it again")
+        return [known.index(n) for n in names]
 
     def features(self, x):
         return self.backbone(x).pooler_output.flatten(1)  # (B, C)

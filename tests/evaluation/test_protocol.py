@@ -138,3 +138,24 @@ def test_table_has_the_paper_columns_only_where_computed():
     assert table[0] == "| | FID* | KID* x100 | attribute acc. | mask acc. | mIoU | diversity |"
     assert table[2] == "| real images (ground truth) | - | - | 90.0 | 80.0 | 50.0 | - |"
     assert table[3] == "| samples vs own conditions | 12.35 | 1.23 | 70.0 | - | - | 0.2500 |"
+
+
+def test_evaluate_after_training_writes_the_report(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(
+        "conditioner=attr_mask_concat",
+        "evaluate_after=true",
+        "evaluation.num_conditions=3",
+        "evaluation.diversity_conditions=2",
+        "evaluation.samples_per_condition=2",
+        "evaluation.num_steps=2",
+        "evaluation.parser_steps=2",
+        "evaluation.classifier_steps=2",
+        "evaluation.kid_subset_size=2",
+        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+    )
+    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir) / "evaluation"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["rows"] == metrics["report"] and report["protocol"]["num_conditions"] == 3
+    assert "| samples vs shuffled conditions |" in capsys.readouterr().out
+    assert len(list((out / "generated" / "samples").glob("*.png"))) == 3 + 2
