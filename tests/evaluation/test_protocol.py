@@ -51,7 +51,13 @@ def test_evaluators_are_trained_once_and_reused(make_cfg, tmp_path):
     parser, classifier = evaluators(dm, ev, parser_steps=2, classifier_steps=2)
     stamp = {p.name: p.stat().st_mtime_ns for p in ev.glob("*.ckpt")}
     assert set(stamp) == {"face_parser.ckpt", "attribute_classifier.ckpt"}
-    assert classifier.head.out_features == len(dm.attr_names)
+    # trained on every attribute of the prepared data; a model's attributes are picked by name
+    assert classifier.head.out_features == 40 == len(classifier.attr_names)
+    assert classifier.columns(dm.attr_names) == [
+        classifier.attr_names.index(n) for n in dm.attr_names
+    ]
+    with pytest.raises(ValueError, match="not on \\['Wings'\\]"):
+        classifier.columns(["Smiling", "Wings"])
     parser2, _ = evaluators(dm, ev, parser_steps=2, classifier_steps=2)
     assert {p.name: p.stat().st_mtime_ns for p in ev.glob("*.ckpt")} == stamp  # not retrained
     x = torch.rand(2, 3, 16, 16) * 2 - 1
