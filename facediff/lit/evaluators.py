@@ -60,10 +60,15 @@ class AttributeClassifier(L.LightningModule):
 
     def columns(self, names: list[str], where: str = "the attribute classifier") -> list[int]:
         """Output columns of these attribute names (the classifier may know more)."""
-        known = self.attr_names or []
+        if not self.attr_names:
+            raise ValueError(
+                f"{where}: holds no attribute names (not written by facediff-train "
+                "experiment=eval_classifier of this version); delete it to train it again"
+            )
+        known = self.attr_names
         missing = [n for n in names if n not in known]
         if missing:
-            raise ValueError(f"{where}: trained on {known}, not on {missing}; train it again")
+            raise ValueError(f"{where}: not trained on {missing}; delete it to train it again")
         return [known.index(n) for n in names]
 
     def features(self, x):

@@ -56,7 +56,7 @@ def test_evaluators_are_trained_once_and_reused(make_cfg, tmp_path):
     assert classifier.columns(dm.attr_names) == [
         classifier.attr_names.index(n) for n in dm.attr_names
     ]
-    with pytest.raises(ValueError, match="not on \\['Wings'\\]"):
+    with pytest.raises(ValueError, match="not trained on \\['Wings'\\]"):
         classifier.columns(["Smiling", "Wings"])
     parser2, _ = evaluators(dm, ev, parser_steps=2, classifier_steps=2)
     assert {p.name: p.stat().st_mtime_ns for p in ev.glob("*.ckpt")} == stamp  # not retrained
