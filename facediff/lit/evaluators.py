@@ -21,8 +21,9 @@ from facediff.data.labels import NUM_MASK_CLASSES
 
 
 class AttributeClassifier(L.LightningModule):
-    """Multi-label attribute classifier: ResNet (ResNet-18 with the defaults) + linear head,
-    BCE on the known attributes only. `features(x)` gives the penultimate features (a domain
+    """Multi-label attribute classifier: ResNet (ResNet-18 with the defaults, random init, or
+    `pretrained`: a local transformers ResNet folder to fine-tune, as the CVIU paper fine-tuned
+    an ImageNet ResNet-18) + linear head, BCE on the known attributes only. `features(x)` gives the penultimate features (a domain
     feature extractor for FID/KID)."""
 
     def __init__(
@@ -31,18 +32,25 @@ class AttributeClassifier(L.LightningModule):
         widths: tuple[int, ...] = (64, 128, 256, 512),
         depths: tuple[int, ...] = (2, 2, 2, 2),
         lr: float = 1e-3,
+        pretrained: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = ResNetModel(
-            ResNetConfig(
-                num_channels=3,
-                embedding_size=widths[0],
-                hidden_sizes=list(widths),
-                depths=list(depths),
-                layer_type="basic",
+        if pretrained:  # a local transformers ResNet folder (e.g. microsoft/resnet-18 saved)
+            from facediff.models.autoencoders import from_pretrained
+
+            self.backbone = from_pretrained(ResNetModel, pretrained, "model.pretrained")
+            widths = tuple(self.backbone.config.hidden_sizes)
+        else:
+            self.backbone = ResNetModel(
+                ResNetConfig(
+                    num_channels=3,
+                    embedding_size=widths[0],
+                    hidden_sizes=list(widths),
+                    depths=list(depths),
+                    layer_type="basic",
+                )
             )
-        )
         self.head = torch.nn.Linear(widths[-1], num_attributes)
         self.num_features = widths[-1]
         self.data_info: dict | None = None  # set by facediff-train: the attribute names

@@ -159,3 +159,30 @@ def test_the_fid_helper_inception_file_when_installed():
         f = fid_kw["feature"](x)
         g = fid_kw["feature"](x.flip(0))
     assert f.shape == (2, 2048) and torch.equal(f, g.flip(0)) and (f >= 0).all()
+
+
+class _Logits(torch.nn.Module):
+    """uint8 images -> fixed logits: confident class = the image's first pixel value mod k."""
+
+    def __init__(self, k: int, confident: bool):
+        super().__init__()
+        self.k, self.confident = k, confident
+
+    def forward(self, x):
+        cls = x[:, 0, 0, 0].long() % self.k
+        logits = torch.zeros(len(x), self.k)
+        if self.confident:
+            logits[torch.arange(len(x)), cls] = 50.0
+        return logits
+
+
+def test_inception_score_is_the_number_of_confident_classes_and_one_for_uniform():
+    from facediff.evaluation.metrics import inception_score
+
+    k = 4
+    fake = torch.zeros(40, 3, 8, 8)
+    fake[:, 0, 0, 0] = (torch.arange(40) % k).float() / 127.5 - 1  # uint8 values 0..3, balanced
+    sharp = inception_score(fake, {"feature": _Logits(k, True)}, splits=1)
+    flat = inception_score(fake, {"feature": _Logits(k, False)}, splits=1)
+    assert sharp["is"] == pytest.approx(k, rel=1e-4)  # exp(KL(one-hot || uniform)) = k
+    assert flat["is"] == pytest.approx(1.0, abs=1e-5)

@@ -163,5 +163,7 @@ def test_evaluate_after_training_writes_the_report(make_cfg, tmp_path, capsys):
     out = Path(cfg.paths.output_dir) / "evaluation"
     report = json.loads((out / "metrics.json").read_text())
     assert report["rows"] == metrics["report"] and report["protocol"]["num_conditions"] == 3
+    assert report["extractors"]["fid"] == "not computed (evaluation.inception=null)"
+    assert "fid" not in report["rows"]["samples vs own conditions"]
     assert "| samples vs shuffled conditions |" in capsys.readouterr().out
     assert len(list((out / "generated" / "samples").glob("*.png"))) == 3 + 2
