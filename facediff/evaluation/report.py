@@ -166,21 +166,16 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
         extra["sample"] = torch.arange(1, k).repeat(d)
         cond = {key: torch.cat([cond[key], extra[key]]) for key in cond}
     kw = {"num_steps": p["num_steps"], "eta": p["eta"], "guidance_scale": p["guidance_scale"]}
-    model.eval()
-    if p["use_ema"]:
-        model.swap_ema(True)
-    try:
-        bs, total = p["batch_size"], len(cond["index"])
-        images = []
-        bar = tqdm(total=total, desc="sampling for the evaluation", unit="img")
+    bs, total = p["batch_size"], len(cond["index"])
+    images = []
+    with (
+        model.ema_weights(p["use_ema"]),
+        tqdm(total=total, desc="sampling for the evaluation", unit="img") as bar,
+    ):
         for i in range(0, total, bs):
             batch = to_device({key: v[i : i + bs] for key, v in cond.items()}, model.device)
             images.append(to_uint8(model.generate(batch, seed=p["seed"] + i, **kw)).cpu())
             bar.update(min(bs, total - i))
-    finally:
-        bar.close()
-        if p["use_ema"]:
-            model.swap_ema(False)
     sampler = model.sampler
     meta = {
         "data_root": str(datamodule.root),

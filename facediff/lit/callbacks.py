@@ -77,16 +77,10 @@ class SampleGrid(L.Callback):
         self._last_step = trainer.global_step
         cond = condition_batch(trainer.datamodule, "val", self.num_conditions)
         k = self.samples_per_condition
-        was_training = pl_module.training
-        pl_module.eval()
-        pl_module.swap_ema(True)
-        try:
+        with pl_module.ema_weights():
             batch = to_device(repeat_batch(cond, k), pl_module.device)
             kwargs = {"num_steps": self.num_steps} if self.num_steps else {}
             images = to_uint8(pl_module.generate(batch, seed=self.seed, **kwargs))
-        finally:
-            pl_module.swap_ema(False)
-            pl_module.train(was_training)
         real = to_uint8(cond["image"])
         rows = []
         for i in range(len(real)):
@@ -168,15 +162,9 @@ class FidelityMonitor(L.Callback):
         cond = condition_batch(dm, "val", self.num_conditions)
         if "mask" not in pl_module.requires:
             cond.pop("mask", None)
-        was_training = pl_module.training
-        pl_module.eval()
-        pl_module.swap_ema(True)
-        try:
+        with pl_module.ema_weights():
             batch = to_device({k: v for k, v in cond.items() if k != "image"}, pl_module.device)
             images = pl_module.generate(batch, seed=self.seed, num_steps=self.num_steps).cpu()
-        finally:
-            pl_module.swap_ema(False)
-            pl_module.train(was_training)
         names = dm.attr_names
         own = score(images, cond, self.parser, self.classifier, names)
         other = score(images, roll(cond), self.parser, self.classifier, names)

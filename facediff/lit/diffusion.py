@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -226,13 +227,28 @@ class LatentDiffusion(L.LightningModule):
         else:
             self.ema.restore(params)
 
+    @contextmanager
+    def ema_weights(self, enabled: bool = True) -> Iterator[LatentDiffusion]:
+        """Eval mode with the EMA weights in place (the current ones if not `enabled`) for the
+        block; the trained weights and the previous mode come back after it, error or not."""
+        was_training = self.training
+        self.eval()
+        if enabled:
+            self.swap_ema(True)
+        try:
+            yield self
+        finally:
+            if enabled:
+                self.swap_ema(False)
+            self.train(was_training)
+
     # ---------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def generate(
         self, batch: dict, seed: int = 0, drop: dict | None = None, **sampler_kwargs
     ) -> Tensor:
-        """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; call
-        `swap_ema(True)` first, or use `facediff.api.FaceGenerator`, for the EMA weights)."""
+        """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; use
+        `with model.ema_weights():` or `facediff.api.FaceGenerator` for the EMA weights)."""
         b = len(batch[next(iter(batch))])
         h = self.autoencoder.latent_size(self.image_size)
         shape = (b, self.autoencoder.latent_channels, h, h)
