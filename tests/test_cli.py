@@ -101,6 +101,17 @@ def test_evaluate_bad_inputs_name_the_culprit(tmp_path):
 
     with pytest.raises(ValueError, match="exactly one of ckpt_path=PATH or images_dir=DIR"):
         evaluate(compose("evaluate", [f"output_dir={tmp_path}"]))
+    ckpt = tmp_path / "none.ckpt"
+    with pytest.raises(FileNotFoundError, match="none.ckpt not found"):
+        evaluate(compose("evaluate", [f"ckpt_path={ckpt}", f"output_dir={tmp_path}"]))
+    from facediff.evaluation.report import check_protocol
+
+    p = dict(compose("evaluate", ["evaluation.diversity=lpip"]).evaluation)
+    with pytest.raises(ValueError, match="evaluation.diversity='lpip': expected one of"):
+        check_protocol(p)
+    p = dict(compose("evaluate", [f"evaluation.inception={tmp_path}/inc.pt"]).evaluation)
+    with pytest.raises(FileNotFoundError, match="inc.pt not found"):
+        check_protocol(p)
     with pytest.raises(FileNotFoundError, match="the prepared data None"):
         evaluate(compose("evaluate", [f"images_dir={tmp_path}", f"output_dir={tmp_path}"]))
 

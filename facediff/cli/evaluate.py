@@ -22,6 +22,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from facediff.data.datamodule import FaceDataModule
     from facediff.evaluation.generated import META
     from facediff.evaluation.report import (
+        check_protocol,
         evaluate_model,
         evaluators,
         score_generated,
@@ -51,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if not isinstance(meta.get("resolution"), int):
             raise ValueError(f"{meta_path}: 'resolution' (the images' size in pixels) is missing")
         dm = FaceDataModule(str(root), meta["resolution"], attributes=meta.get("attr_names"))
+        check_protocol(protocol)  # before the evaluators are trained
         parser, classifier = evaluators(
             dm,
             protocol["evaluators_dir"],

@@ -210,6 +210,7 @@ def reference_items(datamodule, split: str, index: torch.Tensor) -> dict:
 def score_generated(directory, datamodule, parser, classifier, p, device="cpu") -> dict:
     """Score a generated folder: the three rows, with the extractors and settings named. The
     evaluators and feature extractors run on `device`."""
+    check_protocol(p)
     images, cond, meta = read_generated(directory)
     parser = parser.to(device) if parser is not None else None
     classifier = classifier.to(device)
@@ -247,16 +248,17 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
     if groups is not None:
         if p["diversity"] == "lpips":
             own["diversity"] = lpips_diversity(_float(groups), p["lpips_net"], device)
-        elif p["diversity"] == "feature":
-            own["diversity"] = feature_diversity(_float(groups), classifier)
         else:
-            raise ValueError(f"evaluation.diversity={p['diversity']!r}: expected feature or lpips")
-    diversity_name = {
-        "lpips": f"LPIPS ({p['lpips_net']}, torchmetrics), mean over all pairs of samples of one condition",
-        "feature": "feature diversity: LPIPS-style distance on the attribute classifier's ResNet "
-        "stages (unit-normalised channels, uniform weights), mean over all pairs of samples "
-        "of one condition; not comparable with LPIPS",
-    }[p["diversity"]]
+            own["diversity"] = feature_diversity(_float(groups), classifier)
+    if groups is None:
+        diversity_name = "not computed (one sample per condition)"
+    else:
+        diversity_name = DIVERSITY[p["diversity"]].format(net=p["lpips_net"])
+    if is_feature is not None:
+        is_name = inception_name
+    else:
+        why = "this Inception has no logits" if inception_name else "no Inception"
+        is_name = f"not computed ({why})"
     return {
         "num_samples": int(first.sum()),
         "diversity_groups": None if groups is None else list(groups.shape[:2]),
@@ -266,18 +268,29 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
         "extractors": {
             "fid_domain": DomainFeatures.name,
             "fid": inception_name or "not computed (evaluation.inception=null)",
-            "is": "not computed ("
-            + ("this Inception has no logits" if inception_name else "no Inception")
-            + ")"
-            if is_feature is None
-            else inception_name,
-            "diversity": diversity_name
-            if groups is not None
-            else "not computed (one sample per condition)",
+            "is": is_name,
+            "diversity": diversity_name,
             "resize": "none for the domain extractor (training resolution); Inception: bilinear "
             "to 299x299",
         },
     }
+
+
+DIVERSITY = {
+    "feature": "feature diversity: LPIPS-style distance on the attribute classifier's ResNet "
+    "stages (unit-normalised channels, uniform weights), mean over all pairs of samples of one "
+    "condition; not comparable with LPIPS",
+    "lpips": "LPIPS ({net}, torchmetrics), mean over all pairs of samples of one condition",
+}
+
+
+def check_protocol(p) -> None:
+    """Fail before any sampling on an option the scoring would reject."""
+    if p["diversity"] not in DIVERSITY:
+        raise ValueError(
+            f"evaluation.diversity={p['diversity']!r}: expected one of {list(DIVERSITY)}"
+        )
+    inception(p["inception"])  # a missing or unreadable Inception file: its error now
 
 
 def _groups(images: torch.Tensor, cond: dict) -> torch.Tensor | None:
@@ -333,6 +346,7 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
 def evaluate_model(model, datamodule, p, out_dir) -> tuple[dict, str]:
     """The whole protocol for a model: evaluators, samples (written under out_dir/generated),
     scores, metrics.json and report.md. Returns (report, table)."""
+    check_protocol(p)
     parser, classifier = evaluators(
         datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
     )
