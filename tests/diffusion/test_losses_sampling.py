@@ -135,3 +135,37 @@ def test_sampler_recovers_the_point_of_an_oracle_denoiser(cls, steps, eta):
         torch.Generator().manual_seed(0),
     )
     torch.testing.assert_close(out, z0.expand(2, -1, -1, -1), atol=1e-4, rtol=0)
+
+
+def test_ddim_with_pixel_clipping_follows_the_clipped_x0():
+    """An oracle for an out-of-range point (1.5) sampled with x0 clipping must take exactly the
+    path of the oracle for the clipped point (1.0): every step's epsilon is re-derived from the
+    clipped x0 (GLIDE). diffusers' default keeps the unclipped epsilon, and the mismatch grows
+    with the number of steps."""
+    ab = SCHED.alphas_cumprod
+
+    def oracle(point, seen):
+        def denoise(x, t, cond):
+            seen.append(x.clone())
+            a = ab[t].view(-1, 1, 1, 1)
+            return (x - a.sqrt() * point) / (1 - a).sqrt()
+
+        return denoise
+
+    def run(point, pixel_space):
+        seen = []
+        out = Sampler(DDIMScheduler, num_steps=20)(
+            oracle(point, seen),
+            Conditioner({}, dim=4),
+            {"x": torch.zeros(1)},
+            (1, 3, 4, 4),
+            SCHED.config,
+            torch.Generator().manual_seed(0),
+            pixel_space=pixel_space,
+        )
+        return out, torch.stack(seen)
+
+    out, path = run(1.5, pixel_space=True)
+    ref_out, ref_path = run(1.0, pixel_space=False)
+    torch.testing.assert_close(path, ref_path, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, torch.ones_like(out), atol=1e-4, rtol=0)
