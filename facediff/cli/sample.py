@@ -35,9 +35,7 @@ def sample(cfg: DictConfig) -> Path:
         from facediff.lit.callbacks import condition_batch, repeat_batch
 
         dm = datamodule_for(gen.model, verify_hash=False)
-        cond = condition_batch(dm, cfg.from_split, cfg.num_conditions)
-        if "mask" not in gen.model.requires:
-            cond.pop("mask", None)
+        cond = condition_batch(dm, cfg.from_split, cfg.num_conditions, gen.model)
         per_image = repeat_batch({key: v for key, v in cond.items() if key != "image"}, k)
         per_image["sample"] = torch.arange(k).repeat(len(cond["image"]))
         images = gen.sample(batch=per_image, **kwargs)

@@ -154,11 +154,9 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
     """Generate the protocol's images for a model and write them as a generated folder: one
     sample for each of the first `num_conditions` items of `split` (the batch starting at row r
     with seed + r), then `samples_per_condition` samples for the first `diversity_conditions`."""
-    cond = condition_batch(datamodule, p["split"], p["num_conditions"])
+    cond = condition_batch(datamodule, p["split"], p["num_conditions"], model)
     n = len(cond["image"])
-    # the mask is a condition only for models that take one (else it is not scored)
-    drop = {"image"} | ({"mask"} - set(getattr(model, "requires", {"mask"})))
-    cond = {k: v for k, v in cond.items() if k not in drop}
+    cond = {k: v for k, v in cond.items() if k != "image"}
     cond["sample"] = torch.zeros(n, dtype=torch.long)
     k, d = p["samples_per_condition"], min(p["diversity_conditions"], n)
     if d and k > 1:
@@ -210,7 +208,7 @@ def reference_items(datamodule, split: str, index: torch.Tensor) -> dict:
 def score_generated(directory, datamodule, parser, classifier, p, device="cpu") -> dict:
     """Score a generated folder: the three rows, with the extractors and settings named. The
     evaluators and feature extractors run on `device`."""
-    check_protocol(p)
+    fid_feature, is_feature, inception_name = check_protocol(p)
     images, cond, meta = read_generated(directory)
     parser = parser.to(device) if parser is not None else None
     classifier = classifier.to(device)
@@ -238,7 +236,6 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
     domain = DomainFeatures(classifier)
     d = feature_distances(real, fake, domain, kid_n, p["batch_size"], device)
     own.update({"fid_domain": d["fid"], "kid_domain": d["kid"], "kid_domain_std": d["kid_std"]})
-    fid_feature, is_feature, inception_name = inception(p["inception"])
     if fid_feature is not None:
         d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"], device)
         own.update(d)
@@ -284,13 +281,14 @@ DIVERSITY = {
 }
 
 
-def check_protocol(p) -> None:
-    """Fail before any sampling on an option the scoring would reject."""
+def check_protocol(p) -> tuple:
+    """Fail before any sampling on an option the scoring would reject; returns the Inception
+    extractor's (fid_feature, is_feature, name) as `extractors.inception` does."""
     if p["diversity"] not in DIVERSITY:
         raise ValueError(
             f"evaluation.diversity={p['diversity']!r}: expected one of {list(DIVERSITY)}"
         )
-    inception(p["inception"])  # a missing or unreadable Inception file: its error now
+    return inception(p["inception"])  # a missing or unreadable Inception file: its error now
 
 
 def _groups(images: torch.Tensor, cond: dict) -> torch.Tensor | None:

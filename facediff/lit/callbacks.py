@@ -18,10 +18,15 @@ from facediff.visualize import colorize, grid, save_png, to_uint8
 log = logging.getLogger(__name__)
 
 
-def condition_batch(datamodule, split: str, count: int) -> dict:
-    """The first `count` items of a split, collated: fixed conditions for grids and metrics."""
+def condition_batch(datamodule, split: str, count: int, model=None) -> dict:
+    """The first `count` items of a split, collated: fixed conditions for grids and metrics.
+    With `model`, the mask is kept only if the model takes one (else it is not a condition and
+    must not be scored as one)."""
     ds = datamodule.dataset(split)
-    return default_collate([ds[i] for i in range(min(count, len(ds)))])
+    batch = default_collate([ds[i] for i in range(min(count, len(ds)))])
+    if model is not None and "mask" not in model.requires:
+        batch.pop("mask", None)
+    return batch
 
 
 def repeat_batch(batch: dict, times: int) -> dict:
@@ -159,9 +164,7 @@ class FidelityMonitor(L.Callback):
             return None
         self._last_step = trainer.global_step
         dm = trainer.datamodule
-        cond = condition_batch(dm, "val", self.num_conditions)
-        if "mask" not in pl_module.requires:
-            cond.pop("mask", None)
+        cond = condition_batch(dm, "val", self.num_conditions, pl_module)
         with pl_module.ema_weights():
             batch = to_device({k: v for k, v in cond.items() if k != "image"}, pl_module.device)
             images = pl_module.generate(batch, seed=self.seed, num_steps=self.num_steps).cpu()
