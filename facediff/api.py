@@ -14,16 +14,17 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from facediff import checkpoint
 from facediff.config import instantiate, register_resolvers
 from facediff.data.labels import NUM_MASK_CLASSES
 from facediff.lit.diffusion import LatentDiffusion
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, trust_pickle: bool = False) -> dict:
+    """A facediff-train checkpoint, verified (CRC of every record) and loaded without running
+    code (`facediff.checkpoint.load`; `trust_pickle=True` only for a file you trust)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = checkpoint.load(path, "a facediff-train checkpoint", trust_pickle=trust_pickle)
     if not (ckpt.get("facediff") or {}).get("config"):
         raise ValueError(f"{path}: not a facediff-train checkpoint (no 'facediff' config in it)")
     return ckpt
@@ -40,6 +41,21 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> LatentDiffusion:
     if use_ema:
         model.ema.copy_to(model.trainable_parameters())
     return model.eval()
+
+
+def train(cfg, datamodule=None) -> dict:
+    """Train a composed config (`facediff.config.compose("train", [...])`), then, with
+    `evaluate_after=true`, run the evaluation protocol on the final model; returns the final
+    metrics (and the report's rows under "report"). facediff-train is this function."""
+    from facediff.lit.training import fit
+
+    result = fit(cfg, datamodule)
+    metrics = result.metrics
+    if cfg.get("evaluate_after") and not result.trainer.fast_dev_run:
+        from facediff.evaluation.report import evaluate_after
+
+        metrics["report"] = evaluate_after(cfg, result.model, result.datamodule, result.trainer)
+    return metrics
 
 
 def datamodule_for(model: LatentDiffusion, verify_hash: bool = True):
@@ -68,14 +84,22 @@ class FaceGenerator:
         return self.model.conditioner.names
 
     def batch(
-        self, attributes: dict[str, int] | None = None, mask=None, num_samples: int = 1
+        self,
+        attributes: dict[str, int] | None = None,
+        mask=None,
+        num_samples: int = 1,
+        resize_mask: bool = False,
     ) -> dict:
         """The batch dict for one condition repeated `num_samples` times.
 
         Args:
-            attributes: {name: 1 or 0 (or -1)}; names not given are "unknown".
-            mask: label map (H, W) of ints 0..18 as an array, tensor or PNG path.
+            attributes: {name: value}: 1 or True present; 0, -1 (CelebA's notation) or False
+                absent; None, or a name not given, unknown.
+            mask: label map (H, W) of integers 0..18 as an array, tensor or PNG path, at the
+                model's resolution (or any size with `resize_mask=True`: nearest neighbour).
         """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r}: expected an integer >= 1")
         n, a = num_samples, len(self.attr_names)
         attrs, known = torch.zeros(n, a), torch.zeros(n, a, dtype=torch.bool)
         for name, value in (attributes or {}).items():
@@ -83,29 +107,56 @@ class FaceGenerator:
                 raise ValueError(
                     f"attributes: unknown name {name!r}; the model knows {self.attr_names}"
                 )
+            if value is None:  # unknown, as if not given
+                continue
+            if not isinstance(value, (bool, int, float)) or value not in (-1, 0, 1):
+                raise ValueError(
+                    f"attributes[{name!r}]={value!r}: expected 1 or True (present), 0, -1 or "
+                    "False (absent), or None (unknown)"
+                )
             k = self.attr_names.index(name)
             attrs[:, k], known[:, k] = float(value > 0), True
         res = self.model.image_size
         batch = {"attrs": attrs, "attrs_known": known, "control": torch.zeros(n, 7)}
         batch["control"][:, 3:5] = 1.0  # full crop box, as prepared data has
         if mask is not None:
-            if isinstance(mask, (str, Path)):
-                mask = np.asarray(Image.open(mask))
-            m = torch.as_tensor(np.asarray(mask)).long()
-            if m.dim() != 2 or m.min() < 0 or m.max() >= NUM_MASK_CLASSES:
-                raise ValueError(f"mask: expected a (H, W) label map of 0..{NUM_MASK_CLASSES - 1}")
-            if m.shape != (res, res):
-                m = torch.as_tensor(
-                    np.asarray(
-                        Image.fromarray(m.numpy().astype(np.uint8)).resize(
-                            (res, res), Image.NEAREST
-                        )
-                    )
-                ).long()
+            m = self._mask(mask, res, resize_mask)
             batch["mask"] = m.expand(n, -1, -1).clone()
         else:
             batch["mask"] = torch.zeros(n, res, res, dtype=torch.long)
         return batch
+
+    @staticmethod
+    def _mask(mask, res: int, resize: bool) -> torch.Tensor:
+        where = f"mask={mask}" if isinstance(mask, (str, Path)) else "mask"
+        if isinstance(mask, (str, Path)):
+            try:
+                with Image.open(mask) as im:
+                    mask = np.asarray(im)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{where}: not a readable PNG label map ({e})") from None
+        m = torch.as_tensor(np.asarray(mask))
+        if m.dim() != 2:
+            raise ValueError(f"{where}: expected a (H, W) label map, got shape {tuple(m.shape)}")
+        if m.dtype.is_floating_point:
+            if not torch.isfinite(m).all() or not torch.equal(m, m.round()):
+                raise ValueError(f"{where}: labels must be integers 0..{NUM_MASK_CLASSES - 1}")
+        elif m.dtype == torch.bool:
+            raise ValueError(f"{where}: a boolean array, expected integer labels")
+        if m.min() < 0 or m.max() >= NUM_MASK_CLASSES:
+            raise ValueError(
+                f"{where}: labels {int(m.min())}..{int(m.max())}, expected 0..{NUM_MASK_CLASSES - 1}"
+            )
+        m = m.long()
+        if m.shape != (res, res):
+            if not resize:
+                raise ValueError(
+                    f"{where}: {m.shape[0]}x{m.shape[1]}, the model is {res}x{res}; pass a mask "
+                    "of that size, or resize_mask=True to resize it (nearest neighbour)"
+                )
+            img = Image.fromarray(m.numpy().astype(np.uint8)).resize((res, res), Image.NEAREST)
+            m = torch.as_tensor(np.asarray(img)).long()
+        return m
 
     @torch.no_grad()
     def sample(
@@ -118,13 +169,14 @@ class FaceGenerator:
         eta: float | None = None,
         seed: int = 0,
         batch: dict | None = None,
+        resize_mask: bool = False,
     ) -> np.ndarray:
         """Generate faces; returns uint8 (N, H, W, 3). A condition not given is dropped (its
         null embedding), so e.g. attributes alone sample a mask-free face for them."""
         from facediff.visualize import to_uint8
 
         if batch is None:
-            batch = self.batch(attributes, mask, num_samples)
+            batch = self.batch(attributes, mask, num_samples, resize_mask)
             dropped = {"attrs": attributes is None, "mask": mask is None, "control": False}
         else:
             dropped = {}

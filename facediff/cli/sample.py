@@ -31,10 +31,10 @@ def sample(cfg: DictConfig) -> Path:
     rows = []
     if cfg.from_split:
         from facediff.api import datamodule_for
+        from facediff.data.batch import condition_batch, repeat_batch
         from facediff.evaluation.generated import write_generated
-        from facediff.lit.callbacks import condition_batch, repeat_batch
 
-        dm = datamodule_for(gen.model, verify_hash=False)
+        dm = datamodule_for(gen.model)  # the content hash checked, as in training
         cond = condition_batch(dm, cfg.from_split, cfg.num_conditions, gen.model)
         per_image = repeat_batch({key: v for key, v in cond.items() if key != "image"}, k)
         per_image["sample"] = torch.arange(k).repeat(len(cond["image"]))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_PARTS, select_attributes
-from facediff.data.prepared import BadInputError, Sample, load_image, random_split
+from facediff.data.prepared import BadInputError, Sample, data_lock, load_image, random_split
 
 ATTR_FILE = "CelebAMask-HQ-attribute-anno.txt"
 MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
@@ -224,7 +224,11 @@ class SynthFaces(CelebAMaskHQ):
 
         raw = Path(raw_dir).expanduser()
         if not (raw / ATTR_FILE).is_file():
-            write_synthfaces(raw, num_faces, generator_seed, image_size, mask_size, num_workers)
+            with data_lock(raw):  # jobs preparing other resolutions share the raw folder
+                if not (raw / ATTR_FILE).is_file():
+                    write_synthfaces(
+                        raw, num_faces, generator_seed, image_size, mask_size, num_workers
+                    )
         super().__init__(str(raw), mask_size=mask_size, **kwargs)
         if len(self) != num_faces:
             raise BadInputError(

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facediff.data.labels import flip_lut, select_attributes
-from facediff.data.prepared import BadInputError, PreparedDataset, prepare
+from facediff.data.prepared import BadInputError, PreparedDataset, data_lock, prepare
 
 log = logging.getLogger(__name__)
 _FLIP_LUT = torch.from_numpy(flip_lut())
@@ -158,9 +158,19 @@ class FaceDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ preparing and opening
     def prepare_data(self, force: bool = False) -> dict | None:
-        """Prepare `root` from `source` when it is absent (or always, with `force`)."""
+        """Prepare `root` from `source` when it is absent (or always, with `force`).
+
+        Jobs sharing a data folder (a parallel sweep) take turns: `<root>.lock` is held while
+        preparing; a job that finds it held waits, then reuses the prepared set."""
         if (self.root / "meta.json").is_file() and not force:
             return None
+        with data_lock(self.root):
+            if (self.root / "meta.json").is_file() and not force:
+                log.info("%s was prepared by another job meanwhile; reusing it", self.root)
+                return None
+            return self._prepare()
+
+    def _prepare(self) -> dict:
         if self.source is None:
             raise BadInputError(
                 f"data.root: {self.root} holds no prepared data set and no data.source is "
@@ -213,6 +223,11 @@ class FaceDataModule(L.LightningDataModule):
         ds = self.dataset(split)
         if len(ds) == 0:
             raise BadInputError(f"{self.root}: the {split} split is empty")
+        if train and self.batch_size > len(ds):
+            raise BadInputError(
+                f"data.batch_size={self.batch_size} exceeds the {len(ds)} items of the train "
+                f"split of {self.root}; use a smaller batch"
+            )
         sampler = EpochSampler(
             len(ds), shuffle=train, flip_p=self.flip_p if train else 0.0, seed=self.seed
         )
@@ -227,7 +242,7 @@ class FaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             worker_init_fn=_single_thread_worker,
             persistent_workers=False,
-            drop_last=train and len(ds) >= self.batch_size,
+            drop_last=train,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,57 @@ def random_split(n: int, train_size: int, val_size: int, seed: int, where: str):
 
 
 # --------------------------------------------------------------------------------------- writing
+@contextmanager
+def data_lock(path: Path, timeout: float = 3600):
+    """An exclusive lock on `<path>.lock` (filelock's OS lock: a process that dies lets go of
+    it) with the holder's pid in `<path>.lock.owner`. A job that waits says whom it waits for;
+    past `timeout` seconds it stops, naming the holder."""
+    from filelock import FileLock, Timeout
+
+    lock, owner = FileLock(f"{path}.lock"), Path(f"{path}.lock.owner")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def holder() -> str:
+        return owner.read_text().strip() if owner.is_file() else "?"
+
+    try:
+        lock.acquire(timeout=0.05)
+    except Timeout:
+        log.info("waiting for pid %s, which is preparing %s", holder(), path)
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise BadInputError(
+                f"{path}.lock: still held by pid {holder()} after {timeout:.0f} s (another job "
+                "preparing the same data); wait for it or stop it"
+            ) from None
+    try:
+        owner.write_text(str(os.getpid()))
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(path: Path) -> None:
+    """Delete `<path>.tmp-<pid>` folders left by processes that are gone (a kill mid-write)."""
+    for tmp in Path(path).parent.glob(f"{Path(path).name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, left by a process that is gone", tmp)
+
+
 _WORKER_SOURCE = None
 
 
@@ -128,6 +180,7 @@ def prepare(
     t0 = time.perf_counter()
     splits = source.splits()
     n = len(source)
+    remove_stale_tmp(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -262,6 +315,8 @@ class PreparedDataset:
         for k in self.names:
             if not (self.root / f"{k}.npy").is_file():
                 raise BadInputError(f"{self.root / f'{k}.npy'}: missing from the prepared folder")
+        self._arrays: dict[str, np.ndarray] | None = None
+        _ = self.arrays  # opens every array now: a damaged one is named before any training
         if verify:
             found = content_hash(self.root, self.names)
             if found != self.meta["content_hash"]:
@@ -270,7 +325,19 @@ class PreparedDataset:
                     f"{self.meta['content_hash'][:12]}...; the arrays were changed after "
                     "prepare: prepare the data set again"
                 )
-        self._arrays: dict[str, np.ndarray] | None = None
+
+    def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """(shape, dtype) of each array, from meta.json."""
+        n, r, a = self.meta["num_items"], self.meta["resolution"], len(self.meta["attr_names"])
+        shapes = {
+            "images": ((n, r, r, 3), np.uint8),
+            "masks": ((n, r, r), np.uint8),
+            "attrs": ((n, a), np.int8),
+            "known": ((n, a), np.bool_),
+            "crop": ((n, 4), np.float32),
+            "source_hw": ((n, 2), np.int32),
+        }
+        return {k: (shape, np.dtype(dt)) for k, (shape, dt) in shapes.items() if k in self.names}
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -280,13 +347,23 @@ class PreparedDataset:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {k: np.load(self.root / f"{k}.npy", mmap_mode="r") for k in self.names}
-            n = self.meta["num_items"]
-            for k, arr in self._arrays.items():
-                if len(arr) != n:
+            arrays = {}
+            for k, (shape, dtype) in self.expected_arrays().items():
+                path = self.root / f"{k}.npy"
+                try:
+                    arr = np.load(path, mmap_mode="r")
+                except (ValueError, OSError, EOFError) as e:  # truncated, not an .npy file
                     raise BadInputError(
-                        f"{self.root / f'{k}.npy'}: {len(arr)} rows, meta.json says {n}"
+                        f"{path}: unreadable ({e}); expected {dtype} {shape} as meta.json says: "
+                        "prepare the data set again"
+                    ) from None
+                if arr.shape != shape or arr.dtype != dtype:
+                    raise BadInputError(
+                        f"{path}: {arr.dtype} {arr.shape}, meta.json says {dtype} {shape}: "
+                        "prepare the data set again"
                     )
+                arrays[k] = arr
+            self._arrays = arrays
         return self._arrays
 
     def __len__(self) -> int:

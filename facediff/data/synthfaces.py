@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_CLASSES
+from facediff.data.prepared import remove_stale_tmp
 
 log = logging.getLogger(__name__)
 
@@ -343,10 +344,12 @@ def write_synthfaces(
 ) -> Path:
     """Write `num_faces` SynthFaces in the raw CelebAMask-HQ layout under `raw_dir`.
 
-    The folder is written next to its final place and renamed when complete.
+    The folder is written next to its final place (`<raw_dir>.tmp-<pid>`) and renamed when
+    complete; callers that may run at once hold `data_lock(raw_dir)` (SynthFaces does).
     """
     raw_dir = Path(raw_dir)
-    tmp = raw_dir.with_name(raw_dir.name + ".tmp")
+    remove_stale_tmp(raw_dir)
+    tmp = raw_dir.with_name(f"{raw_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "CelebA-HQ-img").mkdir(parents=True)

@@ -13,6 +13,7 @@ share one level, and all levels run in one forward pass.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -51,6 +52,35 @@ def guidance_levels(names: list[str], scales: dict[str, float] | float):
     return levels, coef
 
 
+def _number(value, option: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{option}={value!r}: expected a finite number")
+    if not math.isfinite(value):
+        raise ValueError(f"{option}={value!r}: expected a finite number")
+    return float(value)
+
+
+def check_sampling_options(num_steps=None, eta=None, guidance_scale=None) -> None:
+    """Fail on a sampling option that would give a silent wrong result, naming it: steps an
+    integer >= 1, eta finite in [0, 1], guidance scales finite numbers (per condition too)."""
+    if num_steps is not None and not (
+        isinstance(num_steps, (int, float))
+        and not isinstance(num_steps, bool)
+        and math.isfinite(num_steps)
+        and num_steps == int(num_steps)
+        and num_steps >= 1
+    ):
+        raise ValueError(f"num_steps={num_steps!r}: expected an integer >= 1")
+    if eta is not None and not 0 <= _number(eta, "eta") <= 1:
+        raise ValueError(f"eta={eta!r}: expected a number in [0, 1]")
+    if guidance_scale is not None:
+        if hasattr(guidance_scale, "items"):
+            for name, scale in guidance_scale.items():
+                _number(scale, f"guidance_scale[{name!r}]")
+        else:
+            _number(guidance_scale, "guidance_scale")
+
+
 class Sampler:
     """DDPM / DDIM (eta) / any diffusers scheduler, built from the training scheduler's config.
 
@@ -73,6 +103,7 @@ class Sampler:
         guidance_scale: float | dict[str, float] = 1.0,
         clip_sample: bool | None = None,
     ):
+        check_sampling_options(num_steps, eta, guidance_scale)
         self.scheduler_cls, self.num_steps, self.eta = scheduler, num_steps, eta
         self.clip_sample = clip_sample
         self.guidance_scale = (
@@ -108,9 +139,10 @@ class Sampler:
     ) -> Tensor:
         """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`; conditions named
         True in `drop` are replaced by their null embedding at every guidance level."""
+        check_sampling_options(num_steps, eta, guidance_scale)
         clip = pixel_space if self.clip_sample is None else self.clip_sample
         scheduler = self.scheduler_cls.from_config(train_config, clip_sample=clip)
-        scheduler.set_timesteps(num_steps or self.num_steps)
+        scheduler.set_timesteps(int(self.num_steps if num_steps is None else num_steps))
         eta = self.eta if eta is None else eta
         step_kwargs = {"generator": generator} | ({"eta": eta} if self._takes_eta else {})
         if clip and self._clipped_eps:

@@ -24,6 +24,8 @@ import torch
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
+from facediff import checkpoint
+from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.generated import read_generated, write_generated
 from facediff.evaluation.metrics import (
@@ -35,7 +37,6 @@ from facediff.evaluation.metrics import (
     mask_scores,
     to_uint8,
 )
-from facediff.lit.callbacks import condition_batch, repeat_batch, to_device
 from facediff.lit.evaluators import AttributeClassifier, FaceParser
 
 log = logging.getLogger(__name__)
@@ -52,32 +53,48 @@ def evaluators_dir(datamodule, directory=None) -> Path:
 
 def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
     """Train one evaluator with its facediff-train experiment (`experiment=eval_parser` or
-    `eval_classifier`) on `datamodule`, and keep its last checkpoint as <directory>/<name>.ckpt."""
-    from facediff.cli.train import train
+    `eval_classifier`) on `datamodule`, and cache its checkpoint as <directory>/<name>.ckpt
+    only once the run has completed its `steps`. An interrupted run leaves no cache entry; its
+    own last.ckpt (in <directory>/<name>_run/) is resumed by the next call."""
     from facediff.config import compose
     from facediff.data.datamodule import FaceDataModule
+    from facediff.lit.training import fit
 
     experiment, _ = EVALUATORS[name]
     directory = Path(directory)
     run_dir = directory / f"{name}_run"
-    cfg = compose(
-        "train",
-        [
-            f"experiment={experiment}",
-            f"data.resolution={datamodule.resolution}",
-            f"paths.output_dir={run_dir}",
-            f"trainer.max_steps={steps}",
-            f"trainer.val_check_interval={min(100, steps)}",  # last.ckpt written at the end
-            "logger=csv",
-            "~callbacks.progress_bar",
-            "trainer.enable_progress_bar=false",
-        ],
-    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    overrides = [
+        f"experiment={experiment}",
+        f"data.resolution={datamodule.resolution}",
+        f"paths.output_dir={run_dir}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={min(100, steps)}",
+        "logger=csv",
+        "~callbacks.progress_bar",
+        "trainer.enable_progress_bar=false",
+    ]
+    if last.is_file():
+        try:
+            done = checkpoint.load(last, "an evaluator run's last checkpoint")["global_step"]
+        except (ValueError, KeyError) as e:
+            log.warning("%s is unusable (%s); training the %s from the start", last, e, name)
+            shutil.rmtree(run_dir / "checkpoints")
+        else:
+            if done < steps:
+                log.info("resuming the %s from %s (step %d of %d)", name, last, done, steps)
+                overrides.append(f"ckpt_path={last}")
+            else:
+                shutil.rmtree(run_dir / "checkpoints")
+    cfg = compose("train", overrides)
+    train_items = len(datamodule.data.split("train"))
+    if cfg.data.batch_size > train_items:  # a small data set: the whole train split a batch
+        log.info("%s: batch %d for its %d train items", name, train_items, train_items)
     dm = FaceDataModule(  # every attribute of the prepared data: one classifier serves all
         str(datamodule.root),
         datamodule.resolution,
         attributes=None,
-        batch_size=cfg.data.batch_size,
+        batch_size=min(cfg.data.batch_size, train_items),
         seed=cfg.seed,
         verify_hash=False,
     )
@@ -86,21 +103,76 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
     log.info("training the %s for %d steps (experiment=%s)", name, steps, experiment)
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:  # the caller's random streams are left as they were
-        train(cfg, datamodule=dm)
+        result = fit(cfg, datamodule=dm)
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+    if result.trainer.global_step != steps or not last.is_file():
+        raise RuntimeError(
+            f"the {name} run in {run_dir} stopped at step {result.trainer.global_step} of "
+            f"{steps}; nothing was cached"
+        )
     path = directory / f"{name}.ckpt"
-    os.replace(run_dir / "checkpoints" / "last.ckpt", path)
+    os.replace(last, path)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return path
 
 
+def load_evaluator(name: str, path: Path, datamodule, steps: int):
+    """The cached evaluator at `path`, after checking what it was trained on against this
+    data and protocol: a completed run (global_step == its max_steps == `steps`) of the
+    evaluator's experiment, on the same resolution and data content hash."""
+    experiment, cls = EVALUATORS[name]
+    ckpt = checkpoint.load(path, f"a {cls.__name__} checkpoint")
+    run = ckpt.get("facediff") or {}
+    config, data = run.get("config") or {}, run.get("data") or {}
+    if not config or not data or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{path}: not a {cls.__name__} checkpoint written by facediff-train "
+            f"experiment={experiment} of this version (no run record); delete it to train it again"
+        )
+    recorded = {
+        "experiment": config.get("task_name"),
+        "steps": ckpt.get("global_step"),
+        "resolution": data.get("resolution"),
+        "content_hash": data.get("content_hash"),
+    }
+    expected = {
+        "experiment": experiment,
+        "steps": steps,
+        "resolution": datamodule.resolution,
+        "content_hash": datamodule.data.meta.get("content_hash"),
+    }
+    planned = (config.get("trainer") or {}).get("max_steps")
+    if recorded["steps"] != planned:
+        raise ValueError(
+            f"{path}: a run stopped at step {recorded['steps']} of {planned}, not a completed "
+            "evaluator; delete it to train it again"
+        )
+    wrong = {k: (recorded[k], expected[k]) for k in expected if recorded[k] != expected[k]}
+    if wrong:
+        what = "; ".join(f"{k}: cached {a!r}, needed {b!r}" for k, (a, b) in wrong.items())
+        raise ValueError(
+            f"{path}: trained on something else ({what}); delete it to train it again, or point "
+            "evaluation.evaluators_dir elsewhere"
+        )
+    try:  # what LightningModule.load_from_checkpoint does, from the verified dict
+        module = cls(**ckpt.get("hyper_parameters", {}))
+        module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)
+    except (TypeError, KeyError, RuntimeError) as e:
+        raise ValueError(
+            f"{path}: not a {cls.__name__} checkpoint of this facediff version "
+            f"({type(e).__name__}: {e}); delete it to train it again"
+        ) from e
+    return module.float().eval()
+
+
 def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_steps: int = 300):
     """(parser, classifier) for this prepared data set: <directory>/face_parser.ckpt and
-    attribute_classifier.ckpt (any facediff-train checkpoint of those experiments), trained
-    there on first use. The parser is None for data without masks."""
+    attribute_classifier.ckpt, trained there on first use and checked when loaded
+    (`load_evaluator`). The parser is None for data without masks."""
     directory = evaluators_dir(datamodule, directory)
     out = []
     for name, steps in (("face_parser", parser_steps), ("attribute_classifier", classifier_steps)):
@@ -110,16 +182,7 @@ def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_s
         path = directory / f"{name}.ckpt"
         if not path.is_file():
             train_evaluator(name, datamodule, directory, steps)
-        try:  # facediff's own file
-            module = EVALUATORS[name][1].load_from_checkpoint(
-                path, map_location="cpu", weights_only=False
-            )
-        except (TypeError, KeyError, RuntimeError) as e:
-            raise ValueError(
-                f"{path}: not a {EVALUATORS[name][1].__name__} checkpoint of this facediff "
-                f"version ({type(e).__name__}: {e}); delete it to train it again"
-            ) from e
-        out.append(module.float().eval())
+        out.append(load_evaluator(name, path, datamodule, steps))
     parser, classifier = out
     classifier.columns(datamodule.attr_names, str(directory / "attribute_classifier.ckpt"))
     return parser, classifier
@@ -284,10 +347,33 @@ DIVERSITY = {
 def check_protocol(p) -> tuple:
     """Fail before any sampling on an option the scoring would reject; returns the Inception
     extractor's (fid_feature, is_feature, name) as `extractors.inception` does."""
+    from facediff.diffusion.sampling import check_sampling_options
+
     if p["diversity"] not in DIVERSITY:
         raise ValueError(
             f"evaluation.diversity={p['diversity']!r}: expected one of {list(DIVERSITY)}"
         )
+    for key, low in (
+        ("num_conditions", 1),
+        ("batch_size", 1),
+        ("samples_per_condition", 1),
+        ("diversity_conditions", 0),
+        ("kid_subset_size", 2),
+        ("parser_steps", 1),
+        ("classifier_steps", 1),
+    ):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"evaluation.{key}={v!r}: expected an integer >= {low}")
+    if p["kid_subset_size"] > p["num_conditions"]:
+        raise ValueError(
+            f"evaluation.kid_subset_size={p['kid_subset_size']} exceeds the "
+            f"evaluation.num_conditions={p['num_conditions']} samples KID is computed on"
+        )
+    try:
+        check_sampling_options(p["num_steps"], p["eta"], p["guidance_scale"])
+    except ValueError as e:
+        raise ValueError(f"evaluation.{e}") from None
     return inception(p["inception"])  # a missing or unreadable Inception file: its error now
 
 
@@ -341,7 +427,7 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     return table
 
 
-def evaluate_model(model, datamodule, p, out_dir) -> tuple[dict, str]:
+def evaluate_model(model, datamodule, p, out_dir, precision=None) -> tuple[dict, str]:
     """The whole protocol for a model: evaluators, samples (written under out_dir/generated),
     scores, metrics.json and report.md. Returns (report, table)."""
     check_protocol(p)
@@ -350,5 +436,35 @@ def evaluate_model(model, datamodule, p, out_dir) -> tuple[dict, str]:
     )
     gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
     report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)
-    table = write_report(report, out_dir, {"protocol": dict(p)})
+    if precision is None and getattr(model, "build_config", None):
+        precision = training_precision(model.build_config)
+    table = write_report(report, out_dir, {"protocol": dict(p), "precision": precision})
     return report, table
+
+
+def evaluate_after(cfg, model, datamodule, trainer) -> dict:
+    """The evaluation protocol (cfg.evaluation) on the final model of a training run; prints
+    the table, and writes the precision the model trained in to metrics.json."""
+    from omegaconf import OmegaConf
+
+    protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    out = Path(cfg.paths.output_dir) / "evaluation"
+    report, table = evaluate_model(model, datamodule, protocol, out, training_precision(cfg))
+    gen = report["generated"]
+    print(
+        f"\nevaluation of {report['num_samples']} samples at step {trainer.global_step} (EMA "
+        f"{gen['use_ema']}, {gen['sampler']} {gen['num_steps']} steps, guidance "
+        f"{gen['guidance_scale']}; {out / 'metrics.json'}):\n{table}\n"
+        + "".join(f"  {k}: {v}\n" for k, v in report["extractors"].items())
+    )
+    return report["rows"]
+
+
+def training_precision(config) -> dict:
+    """{training, reason, sampling} for metrics.json, from a run's (resolved) config."""
+    trainer = config.get("trainer") or {}
+    return {
+        "training": trainer.get("precision"),
+        "reason": config.get("precision_reason"),
+        "sampling": "32-true (samples and scores are computed in fp32)",
+    }

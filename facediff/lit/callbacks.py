@@ -1,9 +1,9 @@
-"""Callbacks and plugins: sample grids, graceful interruption, atomic checkpoint writes."""
+"""Callbacks and plugins: sample grids, the run's last checkpoint (on schedule, at the end, on
+SIGINT/SIGTERM), run metadata in every checkpoint, atomic checkpoint writes."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -11,31 +11,12 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.utils.data import default_collate
 
+from facediff.checkpoint import atomic_save
+from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.visualize import colorize, grid, save_png, to_uint8
 
 log = logging.getLogger(__name__)
-
-
-def condition_batch(datamodule, split: str, count: int, model=None) -> dict:
-    """The first `count` items of a split, collated: fixed conditions for grids and metrics.
-    With `model`, the mask is kept only if the model takes one (else it is not a condition and
-    must not be scored as one)."""
-    ds = datamodule.dataset(split)
-    batch = default_collate([ds[i] for i in range(min(count, len(ds)))])
-    if model is not None and "mask" not in model.requires:
-        batch.pop("mask", None)
-    return batch
-
-
-def repeat_batch(batch: dict, times: int) -> dict:
-    """Each condition `times` times in a row (B*times items)."""
-    return {k: v.repeat_interleave(times, 0) for k, v in batch.items()}
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 class SampleGrid(L.Callback):
@@ -102,95 +83,28 @@ class SampleGrid(L.Callback):
         return path
 
 
-class FidelityMonitor(L.Callback):
-    """Every `every_n_steps`, a cheap slice of the evaluation protocol: sample (EMA weights,
-    `num_steps` sampler steps) for the first `num_conditions` validation items and log how well
-    the samples follow their conditions, and another item's conditions, as
-    fidelity/{attr_acc,mask_acc,miou}[_shuffled]: on a W&B dashboard the conditioning rising,
-    not only the loss. The evaluators are the protocol's (`facediff.evaluation.report`),
-    trained before fit when absent."""
-
-    def __init__(
-        self,
-        every_n_steps: int = 5000,
-        num_conditions: int = 64,
-        num_steps: int | None = 25,
-        seed: int = 0,
-        evaluators_dir: str | None = None,
-        parser_steps: int = 300,
-        classifier_steps: int = 300,
-    ):
-        self.every_n_steps, self.num_conditions = every_n_steps, num_conditions
-        self.num_steps, self.seed, self.evaluators_dir = num_steps, seed, evaluators_dir
-        self.parser_steps, self.classifier_steps = parser_steps, classifier_steps
-        self.parser = self.classifier = None
-        self._last_step = -1
-
-    def prepare(self, datamodule) -> None:
-        """Load (or train) the evaluators; facediff-train calls this before fit on rank 0."""
-        from facediff.evaluation.report import evaluators
-
-        if self.every_n_steps and self.parser is None:
-            self.parser, self.classifier = evaluators(
-                datamodule, self.evaluators_dir, self.parser_steps, self.classifier_steps
-            )
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and hasattr(pl_module, "generate") and trainer.datamodule is not None:
-            self.prepare(trainer.datamodule)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
-            metrics = self.measure(trainer, pl_module)
-            if metrics:
-                # straight to the loggers, at the step Lightning logs this batch's loss at
-                # (self.log from a callback re-logs the value at later steps until replaced)
-                step = trainer.fit_loop.epoch_loop._batches_that_stepped
-                for lg in trainer.loggers:
-                    lg.log_metrics(metrics, step=step)
-                trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-
-    @torch.no_grad()
-    def measure(self, trainer, pl_module) -> dict | None:
-        from facediff.evaluation.report import roll, score
-
-        if (
-            self.parser is None
-            or trainer.global_step == self._last_step
-            or not trainer.is_global_zero
-            or trainer.fast_dev_run
-        ):
-            return None
-        self._last_step = trainer.global_step
-        dm = trainer.datamodule
-        cond = condition_batch(dm, "val", self.num_conditions, pl_module)
-        with pl_module.ema_weights():
-            batch = to_device({k: v for k, v in cond.items() if k != "image"}, pl_module.device)
-            images = pl_module.generate(batch, seed=self.seed, num_steps=self.num_steps).cpu()
-        names = dm.attr_names
-        own = score(images, cond, self.parser, self.classifier, names)
-        other = score(images, roll(cond), self.parser, self.classifier, names)
-        keys = [k for k in ("attr_acc", "mask_acc", "miou") if k in own]
-        metrics = {f"fidelity/{k}": own[k] for k in keys}
-        metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
-        log.info("fidelity at step %d: %s", trainer.global_step, metrics)
-        return metrics
-
-
-class GracefulInterrupt(L.Callback):
-    """SIGTERM or SIGINT: finish the current step, write `<dirpath>/last.ckpt`, stop cleanly.
+class LastCheckpoint(L.Callback):
+    """The run's one `<dirpath>/last.ckpt`, always written at a step boundary: after the
+    optimizer, the LR schedule, the EMA and the data position have all advanced, so a run
+    resumed from it continues exactly as if it had not stopped. Written every `every_n_steps`,
+    when `trainer.max_steps` is reached, and on SIGINT or SIGTERM (then the run stops; the
+    caller turns that into a non-zero exit). After an exception the previous one stands.
 
     SIGINT gets a handler of its own (instead of a KeyboardInterrupt in the middle of a step);
-    SIGTERM goes through Lightning's own handler, which ends the step and raises
-    SIGTERMException: the checkpoint is written then (`on_exception`). A second SIGINT stops
-    at once."""
+    SIGTERM goes through Lightning's handler (`trainer.received_sigterm`). A second SIGINT
+    stops at once."""
 
-    def __init__(self, dirpath: str, signals: tuple[str, ...] = ("SIGINT",)):
-        self.dirpath, self.signals = Path(dirpath), signals
+    def __init__(
+        self, dirpath: str, every_n_steps: int = 1000, signals: tuple[str, ...] = ("SIGINT",)
+    ):
+        self.dirpath, self.every_n_steps, self.signals = Path(dirpath), every_n_steps, signals
         self.received: str | None = None
-        self.saved = False
+        self.saved_step = -1
         self._previous = {}
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
 
     def _handler(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
@@ -198,34 +112,44 @@ class GracefulInterrupt(L.Callback):
             signal.signal(getattr(signal, name), prev)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.received, self.saved = None, False
+        self.received, self.saved_step = None, -1
         if trainer.is_global_zero:
             for name in self.signals:
                 sig = getattr(signal, name)
                 self._previous[name] = signal.getsignal(sig)
                 signal.signal(sig, self._handler)
 
-    def _save(self, trainer, why: str) -> None:
-        if self.saved:
+    def interrupted(self, trainer) -> str | None:
+        """The signal that stopped the run, if one did."""
+        return self.received or ("SIGTERM" if trainer.received_sigterm else None)
+
+    def save(self, trainer, why: str | None = None) -> None:
+        if trainer.fast_dev_run or trainer.global_step == self.saved_step:
             return
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        self.saved = True
-        log.warning(
-            "%s received: checkpoint written to %s (step %d); stopping",
-            why,
-            path,
-            trainer.global_step,
-        )
+        trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes
+        self.saved_step = trainer.global_step
+        if why:
+            log.warning(
+                "%s received: checkpoint written to %s (step %d); stopping",
+                why,
+                self.path,
+                trainer.global_step,
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received or trainer.received_sigterm:
-            self._save(trainer, self.received or "SIGTERM")
+        step, why = trainer.global_step, self.interrupted(trainer)
+        if why:
+            self.save(trainer, why)
             trainer.should_stop = True
+        elif (self.every_n_steps and step % self.every_n_steps == 0) or (
+            trainer.max_steps > 0 and step >= trainer.max_steps
+        ):
+            self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        # SIGTERMException is raised between steps (the state is whole): save that step
         if isinstance(exception, SIGTERMException) or self.received:
-            self._save(trainer, self.received or "SIGTERM")
+            self.save(trainer, self.interrupted(trainer) or "SIGTERM")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for name, prev in self._previous.items():
@@ -233,16 +157,21 @@ class GracefulInterrupt(L.Callback):
         self._previous = {}
 
 
+class RunInfo(L.Callback):
+    """Writes what a run is (its resolved config, its data: resolution, attribute names, mask
+    classes, source and content hash, and the precision it trained in) into every checkpoint
+    as `checkpoint["facediff"]`: resume, sampling and the evaluator cache check it."""
+
+    def __init__(self, config: dict, data: dict):
+        self.config, self.data = config, data
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["facediff"] = {"config": self.config, "data": self.data}
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to `<path>.tmp`, fsyncs it and renames it over `<path>`: a kill in
-    the middle of a save leaves the previous file whole."""
+    """Lightning's checkpoint writes through `facediff.checkpoint.atomic_save`: a temp file,
+    fsync, rename; a kill in the middle of a save leaves the previous file whole."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_save(checkpoint, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -65,6 +66,7 @@ class LatentDiffusion(L.LightningModule):
         self.loss, self.noise_scheduler, self.sampler = loss, noise_scheduler, sampler
         self.optimizer_factory, self.lr_warmup_steps = optimizer, lr_warmup_steps
         self.image_size, self.max_bad_steps, self.seed = image_size, max_bad_steps, seed
+        self.check_options(ema_decay, ema_power)
         self.check_wiring()
         self.prediction_type = noise_scheduler.config.prediction_type
         alphas = noise_scheduler.alphas_cumprod.float()
@@ -78,6 +80,31 @@ class LatentDiffusion(L.LightningModule):
         self._step_ok = True
         self.build_config: dict | None = None  # the resolved config, saved in checkpoints
         self.data_info: dict | None = None  # attribute names, masks, resolution of the data
+
+    def check_options(self, ema_decay: float, ema_power: float) -> None:
+        """Finite, in-range rates and decays, named as the config names them."""
+
+        def bad(option, value, valid):
+            raise ValueError(f"model.{option}={value!r}: expected {valid}")
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not (number(ema_decay) and 0 <= ema_decay < 1):
+            bad("ema_decay", ema_decay, "a number in [0, 1)")
+        if not (number(ema_power) and ema_power > 0):
+            bad("ema_power", ema_power, "a number > 0")
+        for option, value in (
+            ("lr_warmup_steps", self.lr_warmup_steps),
+            ("max_bad_steps", self.max_bad_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(option, value, "an integer >= 0")
+        kw = getattr(self.optimizer_factory, "keywords", {}) or {}
+        if "lr" in kw and not (number(kw["lr"]) and kw["lr"] > 0):
+            bad("optimizer.lr", kw["lr"], "a finite number > 0")
+        if "weight_decay" in kw and not (number(kw["weight_decay"]) and kw["weight_decay"] >= 0):
+            bad("optimizer.weight_decay", kw["weight_decay"], "a finite number >= 0")
 
     def check_wiring(self) -> None:
         """Fail before training when the parts do not fit together, naming the options."""
@@ -193,11 +220,16 @@ class LatentDiffusion(L.LightningModule):
                 f"{self.max_bad_steps}); stopping. The last checkpoint holds the last good weights."
             )
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self._step_ok and outputs is not None:
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_ok = True
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA: both are done before any callback's
+        on_train_batch_end, so a checkpoint written there holds a whole step."""
+        super().optimizer_step(*args, **kwargs)
+        if self._step_ok:
             self.bad_steps = 0
             self.ema.step(self.trainable_parameters())
-        self._step_ok = True
 
     # -------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -283,7 +315,6 @@ class LatentDiffusion(L.LightningModule):
         checkpoint["ema"] = self.ema.state_dict()
         checkpoint["generator"] = self.generator.get_state()
         checkpoint["bad_steps"] = (self.bad_steps, self.total_bad_steps)
-        checkpoint["facediff"] = {"config": self.build_config, "data": self.data_info}
         for lg in self.loggers:
             if type(lg).__name__ == "WandbLogger":
                 checkpoint["wandb_run_id"] = lg.version

@@ -35,6 +35,7 @@ class AttributeClassifier(L.LightningModule):
         pretrained: str | None = None,
     ):
         super().__init__()
+        widths, depths = tuple(widths), tuple(depths)  # plain tuples: safe to load (weights_only)
         self.save_hyperparameters()
         if pretrained:  # a local transformers ResNet folder (e.g. microsoft/resnet-18 saved)
             from facediff.models.autoencoders import from_pretrained
@@ -128,6 +129,12 @@ class FaceParser(L.LightningModule):
         pretrained: str | None = None,
     ):
         super().__init__()
+        hidden_sizes, depths, strides, sr_ratios = (  # plain tuples: safe to load (weights_only)
+            tuple(hidden_sizes),
+            tuple(depths),
+            tuple(strides),
+            tuple(sr_ratios),
+        )
         self.save_hyperparameters()
         if pretrained:  # a local SegFormer folder (e.g. nvidia/mit-b0 saved), 19-class head new
             from facediff.models.autoencoders import from_pretrained

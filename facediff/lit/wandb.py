@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
-
+from facediff import checkpoint
 from facediff.config import instantiate
 
 log = logging.getLogger(__name__)
 
 
 def run_id_from_checkpoint(ckpt_path) -> str | None:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    """The W&B run a checkpoint logged to (verified, loaded without running code)."""
+    ckpt = checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume")
     return ckpt.get("wandb_run_id")
 
 

@@ -36,14 +36,14 @@ def test_evaluator_experiments_train_through_facediff_train(make_cfg, experiment
     )
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    module = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    module = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     assert isinstance(module, cls)
     rows = [r for r in logged(cfg) if r.get(metric)]
     assert rows and 0 <= float(rows[-1][metric]) <= 1
 
 
 def test_evaluators_are_trained_once_and_reused(make_cfg, tmp_path):
-    from facediff.cli.train import build
+    from facediff.lit.training import build
 
     cfg = make_cfg()
     dm, _ = build(cfg)

@@ -20,6 +20,17 @@ class SendSignalAt(L.Callback):
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
+class RaiseAt(L.Callback):
+    """Raises a RuntimeError at the start of training step `step` + 1 (after `step` steps)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected failure at step {self.step}")
+
+
 class PoisonSteps(L.Callback):
     """Makes the loss (kind="loss") or the gradients (kind="grad") non-finite at the listed
     batch indices, counted from the start of this fit (`at` may be "all")."""

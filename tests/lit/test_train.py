@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from facediff import checkpoint
 from facediff.api import FaceGenerator
 from facediff.cli.train import train
 
@@ -68,7 +69,7 @@ def test_checkpoint_sample_round_trip(make_cfg, tmp_path):
 
 
 def state(ckpt_path):
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = checkpoint.load(ckpt_path)
     return ckpt
 
 

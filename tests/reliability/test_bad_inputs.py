@@ -1,8 +1,17 @@
-"""A table of bad inputs through prepare, train and sample: each error names its culprit."""
+"""One table of bad inputs through every entry point (prepare, the prepared reader, train,
+resume, sample through the API and the CLI, evaluate, checkpoint files, the evaluator cache):
+each row is an input, the exception it must raise and words its message must contain. Then
+the untrusted-checkpoint tests: a payload that writes a marker file never runs, through any
+entry point."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +19,16 @@ import pytest
 import torch
 from PIL import Image
 
+from facediff import checkpoint
 from facediff.api import FaceGenerator, load_checkpoint
 from facediff.cli.train import train
+from facediff.config import compose
 from facediff.data.celebamask import CelebAMaskHQ, part_path
 from facediff.data.maad_face import MaadFace
 from facediff.data.prepared import PreparedDataset, prepare
+from facediff.lit.callbacks import AtomicCheckpointIO
+from facediff.lit.wandb import run_id_from_checkpoint
+from tests.conftest import TINY
 from tests.data.fixtures import write_celebamask, write_maad
 
 
@@ -77,13 +91,6 @@ RAW_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(RAW_CASES))
-def test_bad_raw_celebamask(tmp_path, case):
-    damage, message = RAW_CASES[case]
-    with pytest.raises(ValueError, match=message):
-        celeb(tmp_path, damage)
-
-
 MAAD_CASES = {
     "maad value outside ternary": (
         lambda csv: lines_edit(csv, lambda ls: ls.__setitem__(4, ls[4].rsplit(",", 1)[0] + ",7")),
@@ -108,30 +115,7 @@ MAAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(MAAD_CASES))
-def test_bad_maad(tmp_path, case):
-    damage, message = MAAD_CASES[case]
-    csv, images, _, _ = write_maad(tmp_path)
-    attrs = ["Smiling_"] if damage is None else None
-    if damage is not None:
-        damage(csv)
-    with pytest.raises(ValueError, match=message):
-        prepare(
-            MaadFace(str(images), str(csv), attributes=attrs, val_size=2),
-            tmp_path / "p",
-            16,
-            progress=False,
-        )
-
-
 # ----------------------------------------------------------------------- prepared folders
-@pytest.fixture
-def prepared(tmp_path):
-    write_celebamask(tmp_path / "raw", n=3)
-    prepare(CelebAMaskHQ(str(tmp_path / "raw")), tmp_path / "prep", 16, progress=False)
-    return tmp_path / "prep"
-
-
 def set_version(p):
     meta = json.loads((p / "meta.json").read_text())
     meta["format_version"] = 0
@@ -152,15 +136,6 @@ PREPARED_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(PREPARED_CASES))
-def test_bad_prepared_folder(prepared, case):
-    damage, message = PREPARED_CASES[case]
-    damage(prepared)
-    with pytest.raises(ValueError, match=message):
-        PreparedDataset(prepared, verify=True)
-
-
-# --------------------------------------------------------------------------- train configs
 TRAIN_CASES = {
     "unknown option": (
         ["+denoiser.widths=[8]"],
@@ -206,13 +181,459 @@ TRAIN_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(TRAIN_CASES))
-def test_bad_train_config(make_cfg, case):
-    overrides, message = TRAIN_CASES[case]
+PREPARED_CASES |= {
+    "prepared array truncated": (
+        lambda p: (p / "masks.npy").write_bytes((p / "masks.npy").read_bytes()[:300]),
+        r"masks\.npy: unreadable .*expected uint8 \(3, 16, 16\)",
+    ),
+    "prepared array of another dtype": (
+        lambda p: np.save(p / "crop.npy", np.load(p / "crop.npy").astype(np.float64)),
+        r"crop\.npy: float64 \(3, 4\), meta\.json says float32 \(3, 4\)",
+    ),
+    "prepared array of another shape": (
+        lambda p: np.save(p / "attrs.npy", np.load(p / "attrs.npy")[:, :5]),
+        r"attrs\.npy: int8 \(3, 5\), meta\.json says int8 \(3, 40\)",
+    ),
+}
+
+SAMPLE_CASES = {  # FaceGenerator.sample(num_steps=2, **kwargs)
+    "unknown attribute": (dict(attributes={"Wings": 1}), r"attributes: unknown name 'Wings'"),
+    "attribute value nan": (dict(attributes={"Male": float("nan")}), r"attributes\['Male'\]=nan"),
+    "attribute value 2": (dict(attributes={"Male": 2}), r"attributes\['Male'\]=2: expected 1"),
+    "attribute value a string": (dict(attributes={"Male": "yes"}), r"attributes\['Male'\]='yes'"),
+    "mask labels out of range": (
+        dict(mask=np.full((16, 16), 30)),
+        r"mask: labels 30\.\.30, expected 0\.\.18",
+    ),
+    "mask of wrong rank": (
+        dict(mask=np.zeros((2, 16, 16))),
+        r"mask: expected a \(H, W\) label map",
+    ),
+    "mask of floats": (
+        dict(mask=np.full((16, 16), 0.5)),
+        r"mask: labels must be integers 0\.\.18",
+    ),
+    "mask of another size": (dict(mask=np.zeros((5, 7), int)), r"mask: 5x7, the model is 16x16"),
+    "mask file not an image": ("mask_file", r"mask=.*not_a_mask\.png: not a readable PNG"),
+    "guidance for an unknown condition": (
+        dict(guidance_scale={"text": 2.0}),
+        r"\['text'\] the model was not trained with",
+    ),
+    "guidance nan": (dict(guidance_scale=float("nan")), r"guidance_scale=nan: expected a finite"),
+    "guidance inf": (dict(guidance_scale=float("inf")), r"guidance_scale=inf: expected a finite"),
+    "guidance nan for one condition": (
+        dict(guidance_scale={"attrs": float("nan"), "mask": 1.0}),
+        r"guidance_scale\['attrs'\]=nan: expected a finite number",
+    ),
+    "guidance a boolean": (dict(guidance_scale=True), r"guidance_scale=True: expected a finite"),
+    "eta nan": (dict(eta=float("nan")), r"eta=nan: expected a finite number"),
+    "eta above 1": (dict(eta=1.5), r"eta=1\.5: expected a number in \[0, 1\]"),
+    "steps 0": (dict(num_steps=0), r"num_steps=0: expected an integer >= 1"),
+    "steps negative": (dict(num_steps=-3), r"num_steps=-3: expected an integer >= 1"),
+    "steps fractional": (dict(num_steps=2.5), r"num_steps=2\.5: expected an integer >= 1"),
+    "num_samples 0": (dict(num_samples=0), r"num_samples=0: expected an integer >= 1"),
+    "num_samples negative": (dict(num_samples=-1), r"num_samples=-1: expected an integer >= 1"),
+}
+
+SAMPLE_CLI_CASES = {  # facediff-sample ckpt_path=<the trained run> ...
+    "cli guidance nan": (["guidance_scale=nan"], r"guidance_scale=nan: expected a finite"),
+    "cli guidance dict with inf": (
+        ["guidance_scale={attrs: inf}"],
+        r"guidance_scale\['attrs'\]=inf",
+    ),
+    "cli steps 0": (["num_steps=0"], r"num_steps=0: expected an integer >= 1"),
+    "cli eta nan": (["eta=nan"], r"eta=nan: expected a finite number"),
+    "cli num_samples 0": (["num_samples=0"], r"num_samples=0: expected an integer >= 1"),
+}
+
+EVAL_CASES = {  # facediff-evaluate ckpt_path=<the trained run> evaluation....
+    "eval batch_size 0": (["evaluation.batch_size=0"], r"evaluation\.batch_size=0: expected an"),
+    "eval num_conditions 0": (
+        ["evaluation.num_conditions=0"],
+        r"evaluation\.num_conditions=0: expected an integer >= 1",
+    ),
+    "eval kid subset above samples": (
+        ["evaluation.num_conditions=4", "evaluation.kid_subset_size=50"],
+        r"evaluation\.kid_subset_size=50 exceeds the evaluation\.num_conditions=4",
+    ),
+    "eval steps 0": (["evaluation.num_steps=0"], r"evaluation\.num_steps=0: expected an integer"),
+    "eval guidance nan": (["evaluation.guidance_scale=nan"], r"evaluation\.guidance_scale=nan"),
+    "eval diversity unknown": (["evaluation.diversity=ssim"], r"evaluation\.diversity='ssim'"),
+    "eval inception file missing": (
+        ["evaluation.inception=/nowhere/inception.pt"],
+        r"/nowhere/inception\.pt",
+    ),
+}
+
+TRAIN_CASES |= {
+    "ema decay above 1": (["model.ema_decay=1.5"], r"model\.ema_decay=1\.5: expected a number in"),
+    "ema decay nan": (["model.ema_decay=nan"], r"model\.ema_decay=nan: expected a number in"),
+    "learning rate nan": (["model.optimizer.lr=nan"], r"model\.optimizer\.lr=nan: expected a"),
+    "learning rate negative": (["model.optimizer.lr=-0.1"], r"model\.optimizer\.lr=-0\.1"),
+    "weight decay negative": (
+        ["model.optimizer.weight_decay=-1"],
+        r"model\.optimizer\.weight_decay=-1",
+    ),
+    "warm-up negative": (["model.lr_warmup_steps=-5"], r"model\.lr_warmup_steps=-5: expected"),
+    "batch larger than the train split": (
+        ["data.batch_size=1000"],
+        r"data\.batch_size=1000 exceeds the \d+ items of the train split",
+    ),
+}
+
+
+# ------------------------------------------------------------------------------- the table
+class Ctx:
+    """What a row's action needs, made on demand."""
+
+    def __init__(self, tmp_path, make_cfg, run, monkeypatch):
+        self.tmp, self.make_cfg, self._run, self.monkeypatch = tmp_path, make_cfg, run, monkeypatch
+
+    @property
+    def run(self):  # (generator, checkpoint path) of one tiny trained model per module
+        return self._run()
+
+    def prepared(self) -> Path:
+        write_celebamask(self.tmp / "raw", n=3)
+        prepare(CelebAMaskHQ(str(self.tmp / "raw")), self.tmp / "prep", 16, progress=False)
+        return self.tmp / "prep"
+
+
+def _raw(case):
+    damage, _ = RAW_CASES[case]
+    return lambda t: celeb(t.tmp, damage)
+
+
+def _maad(case):
+    damage, _ = MAAD_CASES[case]
+
+    def act(t):
+        csv, images, _, _ = write_maad(t.tmp)
+        attrs = ["Smiling_"] if damage is None else None
+        if damage is not None:
+            damage(csv)
+        prepare(
+            MaadFace(str(images), str(csv), attributes=attrs, val_size=2),
+            t.tmp / "p",
+            16,
+            progress=False,
+        )
+
+    return act
+
+
+def _prepared(case):
+    damage, _ = PREPARED_CASES[case]
+
+    def act(t):
+        p = t.prepared()
+        damage(p)
+        PreparedDataset(p, verify=True)
+
+    return act
+
+
+def _train(case):
+    overrides, _ = TRAIN_CASES[case]
     if case == "guidance for an untrained condition":
         overrides = ["conditioner=attr", "sampler.guidance_scale={mask: 2.0}"]
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
-        train(make_cfg(*overrides, "trainer.fast_dev_run=true"))
+    return lambda t: train(t.make_cfg(*overrides, "trainer.fast_dev_run=true"))
+
+
+def _sample(case):
+    kwargs, _ = SAMPLE_CASES[case]
+
+    def act(t):
+        kw = kwargs
+        if kwargs == "mask_file":
+            (t.tmp / "not_a_mask.png").write_text("hello")
+            kw = {"mask": t.tmp / "not_a_mask.png"}
+        t.run[0].sample(**({"num_steps": 2} | kw))
+
+    return act
+
+
+def _sample_cli(case):
+    overrides, _ = SAMPLE_CLI_CASES[case]
+
+    def act(t):
+        from facediff.cli.sample import sample
+
+        sample(
+            compose(
+                "sample",
+                [f"ckpt_path={t.run[1]}", f"output_dir={t.tmp / 's'}", "num_steps=2", *overrides],
+            )
+        )
+
+    return act
+
+
+def _evaluate(case):
+    overrides, _ = EVAL_CASES[case]
+
+    def act(t):
+        from facediff.cli.evaluate import evaluate
+
+        evaluate(
+            compose("evaluate", [f"ckpt_path={t.run[1]}", f"output_dir={t.tmp / 'e'}", *overrides])
+        )
+
+    return act
+
+
+def copy_ckpt(t, edit, name="edited.ckpt") -> Path:
+    """The trained run's checkpoint with `edit(dict)` applied, saved under tmp."""
+    state = checkpoint.load(t.run[1])
+    edit(state)
+    torch.save(state, t.tmp / name)
+    return t.tmp / name
+
+
+def change_bytes(path: Path) -> Path:
+    """Overwrite 4 KB inside the largest record of a torch zip, its structure intact."""
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        size = min(4096, info.file_size // 2)
+        f.seek(start + info.file_size // 4)
+        block = bytearray(f.read(size))
+        f.seek(start + info.file_size // 4)
+        f.write(bytes(b ^ 0xFF for b in block))
+    return path
+
+
+def damaged_copy(t) -> Path:
+    shutil.copy(t.run[1], t.tmp / "damaged.ckpt")
+    return change_bytes(t.tmp / "damaged.ckpt")
+
+
+def resume_with(t, *overrides):
+    train(
+        t.make_cfg(
+            "conditioner=attr_mask_concat",
+            *overrides,
+            f"ckpt_path={t.run[1]}",
+            "trainer.max_steps=3",
+        )
+    )
+
+
+def sample_on_changed_data(t):
+    """facediff-sample from_split=val on a prepared folder changed after prepare."""
+    from facediff.cli.sample import sample
+
+    root = Path(checkpoint.load(t.run[1])["facediff"]["data"]["root"])
+    copy = t.tmp / root.name
+    shutil.copytree(root, copy)
+    images = np.load(copy / "images.npy")
+    images[:2] ^= 0xFF
+    np.save(copy / "images.npy", images)
+    ckpt = copy_ckpt(t, lambda s: s["facediff"]["data"].update(root=str(copy)))
+    sample(
+        compose(
+            "sample",
+            [f"ckpt_path={ckpt}", f"output_dir={t.tmp / 's'}", "from_split=val", "num_steps=2"],
+        )
+    )
+
+
+def cached_evaluator(t, write):
+    """facediff-evaluate with a cached face_parser.ckpt that `write(path)` made."""
+    from facediff.cli.evaluate import evaluate
+
+    ev = t.tmp / "ev"
+    ev.mkdir()
+    write(ev / "face_parser.ckpt")
+    evaluate(
+        compose(
+            "evaluate",
+            [
+                f"ckpt_path={t.run[1]}",
+                f"output_dir={t.tmp / 'e'}",
+                f"evaluation.evaluators_dir={ev}",
+            ],
+        )
+    )
+
+
+def full_disk(t):
+    def no_space(obj, f, *args, **kwargs):
+        f.write(b"x" * 1000)
+        raise RuntimeError("unexpected pos 28238720 vs 28238612") from OSError(
+            errno.ENOSPC, "No space left on device"
+        )
+
+    t.monkeypatch.setattr(torch, "save", no_space)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, t.tmp / "last.ckpt")
+    finally:
+        assert not list(t.tmp.glob("last.ckpt.tmp*"))  # the temp file is gone
+
+
+OTHER = {  # name: (action, exception, message)
+    "checkpoint missing": (
+        lambda t: load_checkpoint(t.tmp / "nothing.ckpt"),
+        FileNotFoundError,
+        r"nothing\.ckpt: no such checkpoint",
+    ),
+    "checkpoint of something else": (
+        lambda t: (
+            torch.save({"state_dict": {}}, t.tmp / "other.ckpt"),
+            load_checkpoint(t.tmp / "other.ckpt"),
+        ),
+        ValueError,
+        r"other\.ckpt: not a facediff-train checkpoint",
+    ),
+    "checkpoint empty (a full disk)": (
+        lambda t: ((t.tmp / "empty.ckpt").write_bytes(b""), load_checkpoint(t.tmp / "empty.ckpt")),
+        ValueError,
+        r"empty\.ckpt: empty file \(0 bytes",
+    ),
+    "checkpoint truncated": (
+        lambda t: (
+            (t.tmp / "half.ckpt").write_bytes(t.run[1].read_bytes()[:5000]),
+            load_checkpoint(t.tmp / "half.ckpt"),
+        ),
+        ValueError,
+        r"half\.ckpt: not a torch checkpoint \(not a whole zip archive",
+    ),
+    "checkpoint a text file": (
+        lambda t: (
+            (t.tmp / "notes.ckpt").write_text("hello"),
+            load_checkpoint(t.tmp / "notes.ckpt"),
+        ),
+        ValueError,
+        r"notes\.ckpt: not a torch checkpoint",
+    ),
+    "checkpoint bytes changed": (
+        lambda t: load_checkpoint(damaged_copy(t)),
+        ValueError,
+        r"damaged\.ckpt: record .* does not match its CRC-32",
+    ),
+    "checkpoint bytes changed, resumed": (
+        lambda t: train(t.make_cfg(f"ckpt_path={damaged_copy(t)}", "trainer.max_steps=3")),
+        ValueError,
+        r"damaged\.ckpt: record .* CRC-32",
+    ),
+    "checkpoint bytes changed, sampled by the CLI": (
+        lambda t: __import__("facediff.cli.sample", fromlist=["sample"]).sample(
+            compose("sample", [f"ckpt_path={damaged_copy(t)}", f"output_dir={t.tmp / 's'}"])
+        ),
+        ValueError,
+        r"damaged\.ckpt: record .* CRC-32",
+    ),
+    "resume at another resolution": (
+        lambda t: resume_with(t, "data.resolution=8"),
+        ValueError,
+        r"trained with resolution 16, this run has 8 \(data\.resolution\)",
+    ),
+    "resume with the attributes reordered": (
+        lambda t: resume_with(
+            t, "data.attributes=[" + ",".join(reversed(t.run[0].attr_names)) + "]"
+        ),
+        ValueError,
+        r"trained with attr_names \['Male', .*this run has \['Rosy_Cheeks', .*\(data\.attributes\)",
+    ),
+    "resume from a checkpoint of something else": (
+        lambda t: train(
+            t.make_cfg(
+                f"ckpt_path={copy_ckpt(t, lambda s: s.pop('facediff'))}", "trainer.max_steps=3"
+            )
+        ),
+        ValueError,
+        r"edited\.ckpt: not written by facediff-train",
+    ),
+    "sample from changed data": (
+        sample_on_changed_data,
+        ValueError,
+        r"content hash .* does not match",
+    ),
+    "cached evaluator empty": (
+        lambda t: cached_evaluator(t, lambda p: p.write_bytes(b"")),
+        ValueError,
+        r"face_parser\.ckpt: empty file",
+    ),
+    "cached evaluator not one": (
+        lambda t: cached_evaluator(t, lambda p: torch.save({"state_dict": {}}, p)),
+        ValueError,
+        r"face_parser\.ckpt: not a FaceParser checkpoint written by facediff-train",
+    ),
+    "checkpoint write on a full disk": (
+        full_disk,
+        OSError,
+        r"last\.ckpt: checkpoint not written, no space left",
+    ),
+    "evaluate with neither input": (
+        lambda t: __import__("facediff.cli.evaluate", fromlist=["evaluate"]).evaluate(
+            compose("evaluate", [f"output_dir={t.tmp / 'e'}"])
+        ),
+        ValueError,
+        r"give exactly one of ckpt_path=PATH or images_dir=DIR",
+    ),
+}
+
+TABLE = (
+    [(f"raw: {k}", _raw(k), ValueError, m) for k, (_, m) in RAW_CASES.items()]
+    + [(f"maad: {k}", _maad(k), ValueError, m) for k, (_, m) in MAAD_CASES.items()]
+    + [(f"prepared: {k}", _prepared(k), ValueError, m) for k, (_, m) in PREPARED_CASES.items()]
+    + [
+        (f"train: {k}", _train(k), (ValueError, FileNotFoundError), m)
+        for k, (_, m) in TRAIN_CASES.items()
+    ]
+    + [(f"sample api: {k}", _sample(k), ValueError, m) for k, (_, m) in SAMPLE_CASES.items()]
+    + [
+        (f"sample cli: {k}", _sample_cli(k), ValueError, m)
+        for k, (_, m) in SAMPLE_CLI_CASES.items()
+    ]
+    + [
+        (f"evaluate: {k}", _evaluate(k), (ValueError, FileNotFoundError), m)
+        for k, (_, m) in EVAL_CASES.items()
+    ]
+    + [(k, a, e, m) for k, (a, e, m) in OTHER.items()]
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """A tiny trained run (attributes + mask), made once for the rows that need one."""
+    made = {}
+
+    def get():
+        if not made:
+            out = tmp_path_factory.mktemp("run")
+            cfg = compose(
+                "train",
+                [
+                    f"paths.data_dir={data_dir}",
+                    f"paths.output_dir={out}",
+                    *TINY,
+                    "conditioner=attr_mask_concat",
+                    "callbacks.sample_grid.every_n_steps=0",
+                ],
+            )
+            train(cfg)
+            ckpt = out / "checkpoints" / "last.ckpt"
+            made["run"] = (FaceGenerator.from_checkpoint(ckpt), ckpt)
+        return made["run"]
+
+    return get
+
+
+def test_the_table_has_every_case():
+    assert len(TABLE) >= 60 and len({row[0] for row in TABLE}) == len(TABLE)
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "exception", "message"), TABLE, ids=[r[0] for r in TABLE]
+)
+def test_bad_input(name, action, exception, message, tmp_path, make_cfg, trained, monkeypatch):
+    with pytest.raises(exception, match=message):
+        action(Ctx(tmp_path, make_cfg, trained, monkeypatch))
 
 
 def test_mask_model_on_maad_face(make_cfg, tmp_path):
@@ -231,54 +652,60 @@ def test_mask_model_on_maad_face(make_cfg, tmp_path):
         train(cfg)
 
 
-# --------------------------------------------------------------------------------- sampling
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory, data_dir):
-    from facediff.config import compose
-    from tests.conftest import TINY
+def test_a_resized_mask_only_when_asked(trained):
+    gen = trained()[0]
+    out = gen.sample(mask=np.zeros((5, 7), int), resize_mask=True, num_samples=1, num_steps=2)
+    assert out.shape == (1, 16, 16, 3)
 
-    out = tmp_path_factory.mktemp("run")
-    cfg = compose(
-        "train",
-        [
-            f"paths.data_dir={data_dir}",
-            f"paths.output_dir={out}",
-            *TINY,
+
+# ------------------------------------------------------------------ untrusted checkpoints
+class Payload:
+    """Pickles as a call to os.system: loading it unsafely would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def malicious(t, name="evil.ckpt") -> Path:
+    """A facediff-looking checkpoint (the trained run's) with a payload inside."""
+    state = checkpoint.load(t.run[1])
+    state["extra"] = Payload(t.tmp / "PWNED")
+    torch.save(state, t.tmp / name)
+    return t.tmp / name
+
+
+ENTRY_POINTS = {
+    "FaceGenerator.from_checkpoint": lambda t, p: FaceGenerator.from_checkpoint(p),
+    "facediff-sample": lambda t, p: __import__("facediff.cli.sample", fromlist=["s"]).sample(
+        compose("sample", [f"ckpt_path={p}", f"output_dir={t.tmp / 's'}"])
+    ),
+    "facediff-evaluate": lambda t, p: __import__("facediff.cli.evaluate", fromlist=["e"]).evaluate(
+        compose("evaluate", [f"ckpt_path={p}", f"output_dir={t.tmp / 'e'}"])
+    ),
+    "facediff-train ckpt_path= (W&B logger)": lambda t, p: train(
+        t.make_cfg(
             "conditioner=attr_mask_concat",
-            "callbacks.sample_grid.every_n_steps=0",
-        ],
-    )
-    train(cfg)
-    return FaceGenerator.from_checkpoint(out / "checkpoints" / "last.ckpt")
-
-
-SAMPLE_CASES = {
-    "unknown attribute": (dict(attributes={"Wings": 1}), r"attributes: unknown name 'Wings'"),
-    "mask labels out of range": (
-        dict(mask=np.full((16, 16), 30)),
-        r"mask: expected a \(H, W\) label map of 0\.\.18",
+            "logger=wandb_csv",
+            f"ckpt_path={p}",
+            "trainer.max_steps=3",
+        )
     ),
-    "mask of wrong rank": (
-        dict(mask=np.zeros((2, 16, 16))),
-        r"mask: expected a \(H, W\) label map",
-    ),
-    "guidance for an unknown condition": (
-        dict(guidance_scale={"text": 2.0}),
-        r"\['text'\] the model was not trained with",
-    ),
+    "W&B run-id lookup": lambda t, p: run_id_from_checkpoint(p),
+    "cached evaluator": lambda t, p: cached_evaluator(t, lambda dst: shutil.copy(p, dst)),
 }
 
 
-@pytest.mark.parametrize("case", list(SAMPLE_CASES))
-def test_bad_sample_request(generator, case):
-    kwargs, message = SAMPLE_CASES[case]
-    with pytest.raises(ValueError, match=message):
-        generator.sample(num_steps=2, **kwargs)
-
-
-def test_bad_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"checkpoint .*nothing\.ckpt not found"):
-        load_checkpoint(tmp_path / "nothing.ckpt")
-    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match=r"other\.ckpt: not a facediff-train checkpoint"):
-        load_checkpoint(tmp_path / "other.ckpt")
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_a_malicious_checkpoint_never_runs(entry, tmp_path, make_cfg, trained, monkeypatch):
+    t = Ctx(tmp_path, make_cfg, trained, monkeypatch)
+    path = malicious(t)
+    with pytest.raises(ValueError, match=r"(evil|face_parser)\.ckpt: refused: it holds pickled"):
+        ENTRY_POINTS[entry](t, path)
+    assert not (tmp_path / "PWNED").exists()
+    # the same file, loaded by someone who says they trust it, does run the payload: the
+    # refusal above is what stood between it and the user
+    checkpoint.load(path, trust_pickle=True)
+    assert (tmp_path / "PWNED").exists()

@@ -1,45 +1,94 @@
 """Faults during training: interruption, non-finite steps, a kill during a checkpoint save."""
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
+from facediff import checkpoint
 from facediff.cli.train import train
 from facediff.lit.callbacks import AtomicCheckpointIO
 from facediff.lit.diffusion import NonFiniteTrainingError
+from facediff.lit.training import Interrupted
 from tests.lit.helpers import all_finite
 
 FAST = ["callbacks.sample_grid.every_n_steps=0", "trainer.val_check_interval=2"]
 
 
 def ckpt(cfg, name="last.ckpt"):
-    return torch.load(
-        Path(cfg.paths.output_dir) / "checkpoints" / name, map_location="cpu", weights_only=False
-    )
+    return checkpoint.load(Path(cfg.paths.output_dir) / "checkpoints" / name)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_signal_writes_checkpoint_and_run_resumes(make_cfg, tmp_path, signal_name):
-    cfg = make_cfg(
-        *FAST,
-        "trainer.max_steps=8",
-        "+callbacks.signal._target_=tests.lit.helpers.SendSignalAt",
-        "+callbacks.signal.step=3",
-        f"+callbacks.signal.signal_name={signal_name}",
-    )
-    train(cfg)
-    state = ckpt(cfg)
-    # written at the first step boundary after the signal (sent at the end of step 3)
-    assert state["global_step"] in (3, 4)
+RESUME = [  # no validation among the steps: every stop below falls between validations
+    "conditioner=attr_mask_concat",
+    "callbacks.sample_grid.every_n_steps=0",
+    "trainer.val_check_interval=100",
+    "callbacks.last_checkpoint.every_n_steps=2",
+]
+STOPS = {
+    "max_steps": ["trainer.max_steps=3"],
+    "SIGTERM": [
+        "+callbacks.stop._target_=tests.lit.helpers.SendSignalAt",
+        "+callbacks.stop.step=3",
+    ],
+    "SIGINT": [
+        "+callbacks.stop._target_=tests.lit.helpers.SendSignalAt",
+        "+callbacks.stop.step=3",
+        "+callbacks.stop.signal_name=SIGINT",
+    ],
+    "exception": ["+callbacks.stop._target_=tests.lit.helpers.RaiseAt", "+callbacks.stop.step=5"],
+}
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Weights, EMA, optimizer moments, LR schedule, module RNG and data position equal."""
+    assert a["global_step"] == b["global_step"]
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"], strict=True):
+        assert torch.equal(x, y)
+    assert a["ema"]["optimization_step"] == b["ema"]["optimization_step"]
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for k in sa:
+        for m in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(sa[k][m]), torch.as_tensor(sb[k][m])), (k, m)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert torch.equal(a["generator"], b["generator"])
+    assert a["FaceDataModule"] == b["FaceDataModule"]
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_resume_from_any_stop_continues_exactly(make_cfg, tmp_path, stop):
+    """8 steps straight == stopped between validations (max_steps=3, SIGTERM or SIGINT after
+    step 3, an exception in step 6 with the last checkpoint at 4), then resumed to 8."""
+    straight = make_cfg(*RESUME, "trainer.max_steps=8", f"paths.output_dir={tmp_path / 's'}")
+    train(straight)
+    first = make_cfg(*RESUME, "trainer.max_steps=8", *STOPS[stop])
+    if stop == "max_steps":
+        train(first)
+    elif stop == "exception":
+        with pytest.raises(RuntimeError, match="injected failure at step 5"):
+            train(first)
+    else:
+        with pytest.raises(Interrupted, match=f"{stop} received: stopped at step") as e:
+            train(first)
+        assert e.value.exit_code == 128 + getattr(signal, stop)
+    stopped = ckpt(first)
+    # SIGINT is seen at the next step boundary (the sender runs after LastCheckpoint)
+    assert stopped["global_step"] == {"exception": 4, "SIGINT": 4}.get(stop, 3)
+    assert not list((Path(first.paths.output_dir) / "checkpoints").glob("last*.ckpt.tmp*"))
+    assert [p.name for p in (Path(first.paths.output_dir) / "checkpoints").glob("last*")] == [
+        "last.ckpt"
+    ]  # one last checkpoint per stop
     resumed = make_cfg(
-        *FAST,
+        *RESUME,
         "trainer.max_steps=8",
-        f"paths.output_dir={tmp_path / 'resumed'}",
-        f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}",
+        f"paths.output_dir={tmp_path / 'r'}",
+        f"ckpt_path={Path(first.paths.output_dir) / 'checkpoints' / 'last.ckpt'}",
     )
     train(resumed)
-    assert ckpt(resumed)["global_step"] == 8
+    assert_same_training_state(ckpt(straight), ckpt(resumed))
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
@@ -87,5 +136,5 @@ def test_kill_during_save_leaves_previous_checkpoint_whole(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    state = torch.load(path, weights_only=False)
+    state = checkpoint.load(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))

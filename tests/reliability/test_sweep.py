@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
+from facediff import checkpoint
 from tests.conftest import TINY
 
 
@@ -33,5 +32,5 @@ def test_failing_job_does_not_stop_the_sweep(data_dir, tmp_path):
     assert (job1 / "checkpoints" / "last.ckpt").is_file()  # the job after the failure ran
     csv_text = next(job1.rglob("metrics.csv")).read_text()
     assert "fidelity/attr_acc" in csv_text and "fidelity/miou" not in csv_text  # attrs only
-    clf = torch.load(tmp_path / "ev" / "attribute_classifier.ckpt", weights_only=False)
+    clf = checkpoint.load(tmp_path / "ev" / "attribute_classifier.ckpt")
     assert len(clf["attr_names"]) == 40 and "Smiling" in clf["attr_names"]

@@ -1,0 +1,93 @@
+"""FidelityMonitor: a cheap slice of the evaluation protocol logged during training."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+
+from facediff.data.batch import condition_batch, to_device
+from facediff.evaluation.report import evaluators, roll, score
+
+log = logging.getLogger(__name__)
+
+
+class FidelityMonitor(L.Callback):
+    """Every `every_n_steps`, a cheap slice of the evaluation protocol: sample (EMA weights,
+    `num_steps` sampler steps) for the first `num_conditions` validation items and log how well
+    the samples follow their conditions, and another item's conditions, as
+    fidelity/{attr_acc,mask_acc,miou}[_shuffled]: on a W&B dashboard the conditioning rising,
+    not only the loss. The evaluators are the protocol's (`facediff.evaluation.report`),
+    trained before fit when absent."""
+
+    def __init__(
+        self,
+        every_n_steps: int = 5000,
+        num_conditions: int = 64,
+        num_steps: int | None = 25,
+        seed: int = 0,
+        evaluators_dir: str | None = None,
+        parser_steps: int = 300,
+        classifier_steps: int = 300,
+    ):
+        self.every_n_steps, self.num_conditions = every_n_steps, num_conditions
+        self.num_steps, self.seed, self.evaluators_dir = num_steps, seed, evaluators_dir
+        self.parser_steps, self.classifier_steps = parser_steps, classifier_steps
+        self.parser = self.classifier = None
+        self._last_step = -1
+
+    def prepare(self, datamodule) -> None:
+        """Load (or train) the evaluators; facediff-train calls this before fit on rank 0."""
+        if self.every_n_steps and self.parser is None:
+            self.parser, self.classifier = evaluators(
+                datamodule, self.evaluators_dir, self.parser_steps, self.classifier_steps
+            )
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if (
+            stage == "fit"
+            and hasattr(pl_module, "generate")
+            and trainer.datamodule is not None
+            and not trainer.fast_dev_run  # a wiring check: no evaluators trained for it
+        ):
+            self.prepare(trainer.datamodule)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
+            metrics = self.measure(trainer, pl_module)
+            if metrics:
+                # straight to the loggers, at the step Lightning logs this batch's loss at
+                # (self.log from a callback re-logs the value at later steps until replaced)
+                step = trainer.fit_loop.epoch_loop._batches_that_stepped
+                for lg in trainer.loggers:
+                    lg.log_metrics(metrics, step=step)
+                trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+    @torch.no_grad()
+    def measure(self, trainer, pl_module) -> dict | None:
+        if (
+            self.parser is None
+            or trainer.global_step == self._last_step
+            or not trainer.is_global_zero
+            or trainer.fast_dev_run
+        ):
+            return None
+        self._last_step = trainer.global_step
+        dm = trainer.datamodule
+        cond = condition_batch(dm, "val", self.num_conditions, pl_module)
+        with pl_module.ema_weights():
+            batch = to_device({k: v for k, v in cond.items() if k != "image"}, pl_module.device)
+            images = pl_module.generate(batch, seed=self.seed, num_steps=self.num_steps).cpu()
+        names = dm.attr_names
+        own = score(images, cond, self.parser, self.classifier, names)
+        other = score(images, roll(cond), self.parser, self.classifier, names)
+        keys = [k for k in ("attr_acc", "mask_acc", "miou") if k in own]
+        metrics = {f"fidelity/{k}": own[k] for k in keys}
+        metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
+        log.info("fidelity at step %d: %s", trainer.global_step, metrics)
+        return metrics
+
+
+__all__ = ["FidelityMonitor"]
