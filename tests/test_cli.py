@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from facediff.cli.train import train
 from facediff.config import compose
@@ -130,13 +131,20 @@ def test_bench_prints_side_by_side_figures(tmp_path, data_dir):
             "bench.resolutions=[16]",
             "bench.loader_items=4",
             "bench.train_steps=1",
+            "bench.checkpoint_mb=1",
         ],
     )
     out = bench(cfg)
     assert (
         out["loader"][0]["prepared_samples_s"] > 0 and out["loader"][0]["png_decode_samples_s"] > 0
     )
-    assert out["train_step"]["fp32_steps_s"] > 0 and out["train_step"]["bf16_steps_s"] > 0
+    step = out["train_step"]
+    assert step["fp32_steps_s"] > 0 and step["bf16_steps_s"] > 0
+    assert step["auto_precision"] in ("32-true", "bf16-mixed") and step["auto_reason"]
+    lightning = out["lightning"]
+    assert lightning["bare_steps_s"] > 0 and lightning["lightning_steps_s"] > 0
+    assert sum(lightning["bare_step_breakdown"].values()) == pytest.approx(1, abs=1e-3)
+    assert out["checkpoint"]["verify_s"] > 0
 
 
 def test_wandb_falls_back_to_offline(monkeypatch, tmp_path, caplog):

@@ -64,27 +64,140 @@ def bench_loader(out: Path, resolution: int, items: int) -> dict:
     }
 
 
-def bench_train_step(cfg: DictConfig, steps: int) -> dict:
-    """Training steps/s of the configured model, fp32 against bf16 autocast, same batch."""
+def _model_and_batch(cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    batch = next(iter(datamodule.train_dataloader()))
+    return model, next(iter(datamodule.train_dataloader()))
+
+
+def bench_train_step(cfg: DictConfig, steps: int) -> dict:
+    """Training steps/s of the configured model, fp32 against bf16 autocast, same batch, and
+    the precision `trainer.precision=auto` chooses on this machine (with its reason)."""
+    from facediff.precision import choose_precision
+
+    model, batch = _model_and_batch(cfg)
     opt = torch.optim.AdamW(model.trainable_parameters(), 1e-4)
     result = {"params_M": model.num_parameters() / 1e6, "batch_size": len(batch["image"])}
     for name, enabled in (("fp32", False), ("bf16", True)):
-        for i in range(steps + 3):
-            if i == 3:
+        n = steps if not enabled or torch.ops.mkldnn._is_mkldnn_bf16_supported() else 2
+        for i in range(n + 2):
+            if i == 2:
                 t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
                 loss = model.diffusion_loss(batch, model.generator)["loss"].mean()
             loss.backward()
             opt.step()
             opt.zero_grad()
-        result[f"{name}_steps_s"] = steps / (time.perf_counter() - t0)
+        result[f"{name}_steps_s"] = n / (time.perf_counter() - t0)
+        result[f"{name}_timed_steps"] = n
     result["bf16_speedup"] = result["bf16_steps_s"] / result["fp32_steps_s"]
-    result["bf16_samples_s"] = result["bf16_steps_s"] * result["batch_size"]
+    result["auto_precision"], result["auto_reason"] = choose_precision("cpu")
     return result
+
+
+def _bare_step(model, batch, opt, sched, parts: dict | None = None) -> None:
+    """What Lightning does in one LatentDiffusion step, by hand: loss, backward, the non-finite
+    check, gradient clipping (trainer.gradient_clip_val=1.0), AdamW, LR schedule, EMA."""
+
+    def mark(name, t0):
+        if parts is not None:
+            parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    z0 = model.encode(batch)
+    b, T = z0.shape[0], model.noise_scheduler.config.num_train_timesteps
+    tt = torch.randint(0, T, (b,), generator=model.generator)
+    eps = torch.randn(z0.shape, generator=model.generator)
+    zt = model.noise_scheduler.add_noise(z0, eps, tt)
+    drop = model.conditioner.sample_drop(b, model.generator, z0.device)
+    t = mark("noise", t)
+    cond = model.conditioner(batch, drop=drop, spatial_size=z0.shape[-2:])
+    t = mark("condition encoding", t)
+    pred = model.denoiser(zt, tt, cond)
+    t = mark("denoiser forward", t)
+    loss = model.loss(pred, eps, model.snr[tt], batch, model.prediction_type)["loss"].mean()
+    t = mark("loss", t)
+    loss.backward()
+    t = mark("backward", t)
+    model.on_before_optimizer_step(opt)
+    t = mark("non-finite check", t)
+    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
+    t = mark("gradient clipping", t)
+    opt.step()
+    opt.zero_grad()
+    sched.step()
+    t = mark("optimizer + LR schedule", t)
+    model.ema.step(model.trainable_parameters())
+    mark("EMA update", t)
+
+
+def bench_lightning_overhead(cfg: DictConfig, steps: int) -> dict:
+    """The same model, batch and work per step (fp32), as Lightning's fit against the bare loop
+    of `_bare_step`: steps/s of both, their ratio, and where the bare step's time goes."""
+    import lightning as L
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 2:
+                self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args):
+            self.t1 = time.perf_counter()
+
+    model, batch = _model_and_batch(cfg)
+    opt, sched = model.configure_optimizers().values()
+    sched = sched["scheduler"]
+    parts: dict = {}
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()
+        _bare_step(model, batch, opt, sched, parts if i >= 2 else None)
+    bare = steps / (time.perf_counter() - t0)
+
+    model, batch = _model_and_batch(cfg)
+    timer = Timer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="32-true",
+        max_steps=steps + 2,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    loader = torch.utils.data.DataLoader([batch] * (steps + 2), batch_size=None)
+    trainer.fit(model, train_dataloaders=loader)
+    lightning = steps / (timer.t1 - timer.t0)
+    total = sum(parts.values())
+    return {
+        "bare_steps_s": bare,
+        "lightning_steps_s": lightning,
+        "lightning_overhead": bare / lightning - 1,
+        "bare_step_breakdown": {k: round(v / total, 4) for k, v in parts.items()},
+    }
+
+
+def bench_checkpoint_integrity(out: Path, megabytes: int = 100) -> dict:
+    """Seconds to check the CRC-32 of every record of a `megabytes` checkpoint (what every
+    facediff load does) against the weights-only torch.load itself."""
+    from facediff import checkpoint
+
+    path = out / "integrity.ckpt"
+    checkpoint.atomic_save({"w": torch.randn(megabytes * 2**20 // 4)}, path)
+    for _ in range(2):  # the second round with the file in the page cache, as a load has it
+        t0 = time.perf_counter()
+        checkpoint.verify(path)
+        verify_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.load(path, map_location="cpu", weights_only=True)
+        load_s = time.perf_counter() - t0
+    path.unlink()
+    return {"megabytes": megabytes, "verify_s": verify_s, "load_s": load_s}
 
 
 def bench(cfg: DictConfig) -> dict:
@@ -100,6 +213,10 @@ def bench(cfg: DictConfig) -> dict:
         results["loader"] = [bench_loader(out, r, b.loader_items) for r in b.resolutions]
     if "train_step" in b.what:
         results["train_step"] = bench_train_step(cfg, b.train_steps)
+    if "lightning" in b.what:
+        results["lightning"] = bench_lightning_overhead(cfg, b.train_steps)
+    if "checkpoint" in b.what:
+        results["checkpoint"] = bench_checkpoint_integrity(out, b.checkpoint_mb)
     shutil.rmtree(out / "synthfaces_raw", ignore_errors=True)
     for r in b.resolutions:
         shutil.rmtree(out / f"prep_{r}", ignore_errors=True)

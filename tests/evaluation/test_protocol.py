@@ -167,3 +167,5 @@ def test_evaluate_after_training_writes_the_report(make_cfg, tmp_path, capsys):
     assert "fid" not in report["rows"]["samples vs own conditions"]
     assert "| samples vs shuffled conditions |" in capsys.readouterr().out
     assert len(list((out / "generated" / "samples").glob("*.png"))) == 3 + 2
+    assert report["precision"]["training"] == cfg.trainer.precision != "auto"
+    assert report["precision"]["reason"] == cfg.precision_reason

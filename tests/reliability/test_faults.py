@@ -138,3 +138,23 @@ def test_kill_during_save_leaves_previous_checkpoint_whole(tmp_path, monkeypatch
     monkeypatch.undo()
     state = checkpoint.load(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_resume_on_changed_data_warns_and_records_it(make_cfg, tmp_path, caplog):
+    cfg = make_cfg(*RESUME, "trainer.max_steps=2")
+    train(cfg)
+    state = ckpt(cfg)
+    state["facediff"]["data"]["content_hash"] = "f" * 64  # as if prepared again, differently
+    torch.save(state, tmp_path / "old.ckpt")
+    resumed = make_cfg(
+        *RESUME,
+        "trainer.max_steps=4",
+        f"paths.output_dir={tmp_path / 'r'}",
+        f"ckpt_path={tmp_path / 'old.ckpt'}",
+    )
+    with caplog.at_level("WARNING", logger="facediff.train"):
+        train(resumed)
+    assert "resuming" in caplog.text and "on other data" in caplog.text
+    assert ckpt(resumed)["facediff"]["data"]["resumed_on_changed_data"] == {
+        "content_hash": "f" * 64
+    }
