@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from facediff.data.prepared import remove_stale_tmp
+
 log = logging.getLogger(__name__)
 
 
@@ -34,25 +36,6 @@ class CheckpointError(ValueError):
 
 def tmp_path_for(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_tmp(path: Path) -> None:
-    """Delete `<path>.tmp-<pid>` files left by processes that are gone (a kill mid-save)."""
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            log.info("removed %s, left by a process that is gone", tmp)
 
 
 def _root_oserror(e: BaseException) -> OSError | None:

@@ -79,6 +79,21 @@ def crop_resize(im: Image.Image, resolution: int):
     return np.asarray(im, dtype=np.uint8), crop, (h, w)
 
 
+def array_specs(n: int, r: int, a: int, has_masks: bool) -> dict[str, tuple[tuple, np.dtype]]:
+    """(shape, dtype) of each prepared array for n items at r px with a attributes."""
+    specs = {
+        "images": ((n, r, r, 3), np.uint8),
+        "masks": ((n, r, r), np.uint8),
+        "attrs": ((n, a), np.int8),
+        "known": ((n, a), np.bool_),
+        "crop": ((n, 4), np.float32),
+        "source_hw": ((n, 2), np.int32),
+    }
+    return {
+        k: (shape, np.dtype(dt)) for k, (shape, dt) in specs.items() if k != "masks" or has_masks
+    }
+
+
 def random_split(n: int, train_size: int, val_size: int, seed: int, where: str):
     """A seeded split: `train_size` items, then `val_size`, then the rest as test."""
     if train_size + val_size > n:
@@ -137,12 +152,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_tmp(path: Path) -> None:
-    """Delete `<path>.tmp-<pid>` folders left by processes that are gone (a kill mid-write)."""
+def remove_stale_tmp(path) -> None:
+    """Delete `<path>.tmp-<pid>` files or folders left by processes that are gone (a kill
+    in the middle of a write): prepared sets, SynthFaces raw folders, checkpoints."""
     for tmp in Path(path).parent.glob(f"{Path(path).name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             log.info("removed %s, left by a process that is gone", tmp)
 
 
@@ -185,16 +204,7 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     r, a = resolution, len(source.attr_names)
-    shapes = {
-        "images": ((n, r, r, 3), np.uint8),
-        "masks": ((n, r, r), np.uint8),
-        "attrs": ((n, a), np.int8),
-        "known": ((n, a), np.bool_),
-        "crop": ((n, 4), np.float32),
-        "source_hw": ((n, 2), np.int32),
-    }
-    if not source.has_masks:
-        del shapes["masks"]
+    shapes = array_specs(n, r, a, source.has_masks)
     arrays = {
         k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=dt, shape=shape)
         for k, (shape, dt) in shapes.items()
@@ -328,16 +338,8 @@ class PreparedDataset:
 
     def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """(shape, dtype) of each array, from meta.json."""
-        n, r, a = self.meta["num_items"], self.meta["resolution"], len(self.meta["attr_names"])
-        shapes = {
-            "images": ((n, r, r, 3), np.uint8),
-            "masks": ((n, r, r), np.uint8),
-            "attrs": ((n, a), np.int8),
-            "known": ((n, a), np.bool_),
-            "crop": ((n, 4), np.float32),
-            "source_hw": ((n, 2), np.int32),
-        }
-        return {k: (shape, np.dtype(dt)) for k, (shape, dt) in shapes.items() if k in self.names}
+        m = self.meta
+        return array_specs(m["num_items"], m["resolution"], len(m["attr_names"]), m["has_masks"])
 
     def __getstate__(self):
         state = self.__dict__.copy()

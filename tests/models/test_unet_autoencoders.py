@@ -7,7 +7,8 @@ from facediff.models.conditioning import AttributeEncoder, Conditioner, MaskConc
 from facediff.models.unet import UNet
 
 
-def test_unet_forward_backward_with_tokens_spatial_and_vector():
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_unet_forward_backward_with_tokens_spatial_and_vector(patch_size):
     unet = UNet(
         8,
         4,
@@ -19,7 +20,11 @@ def test_unet_forward_backward_with_tokens_spatial_and_vector():
         head_dim=8,
         vector_dim=6,
         norm_num_groups=8,
+        patch_size=patch_size,
     )
+    # patch_size p: the inner UNet sees (4 + 19) * p^2 channels at 8 / p pixels
+    assert unet.unet.conv_in.in_channels == 23 * patch_size**2
+    assert unet.unet.config.sample_size == 8 // patch_size
     cond = Conditioner(
         {"attrs": AttributeEncoder(3, 16, hidden=8), "mask": MaskConcatEncoder()}, 16
     )
@@ -37,6 +42,10 @@ def test_unet_forward_backward_with_tokens_spatial_and_vector():
 
 
 def test_unet_rejects_mismatched_options():
+    with pytest.raises(
+        ValueError, match="denoiser.patch_size=3: expected an integer >= 1 dividing"
+    ):
+        UNet(8, 4, block_out_channels=(16, 32), attention_levels=(False, True), patch_size=3)
     with pytest.raises(ValueError, match="attention_levels has 1 entries"):
         UNet(8, 4, block_out_channels=(16, 32), attention_levels=(True,), norm_num_groups=8)
     with pytest.raises(ValueError, match="divisible"):
