@@ -117,6 +117,45 @@ def test_evaluate_bad_inputs_name_the_culprit(tmp_path):
         evaluate(compose("evaluate", [f"images_dir={tmp_path}", f"output_dir={tmp_path}"]))
 
 
+def test_fast_solvers_sample_and_evaluate_a_ddim_checkpoint(make_cfg, tmp_path):
+    """solver= switches a checkpoint's sampler in facediff-sample and facediff-evaluate; the
+    report names the solver."""
+    from facediff.cli.evaluate import evaluate
+    from facediff.cli.sample import sample
+
+    cfg = make_cfg("conditioner=attr_mask_concat", "callbacks.sample_grid.every_n_steps=0")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    for name in ("dpmpp_2m", "unipc", "euler"):
+        out = tmp_path / name
+        sample(
+            compose(
+                "sample",
+                [f"ckpt_path={ckpt}", f"output_dir={out}", f"solver={name}", "num_steps=3"],
+            )
+        )
+        assert len(list((out / "samples").glob("*.png"))) == 4
+    data = evaluate(
+        compose(
+            "evaluate",
+            [
+                f"ckpt_path={ckpt}",
+                f"output_dir={tmp_path / 'eval'}",
+                "evaluation.solver=dpmpp_2m",
+                "evaluation.num_steps=3",
+                "evaluation.num_conditions=4",
+                "evaluation.diversity_conditions=0",
+                "evaluation.kid_subset_size=2",
+                "evaluation.parser_steps=2",
+                "evaluation.classifier_steps=2",
+                f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+            ],
+        )
+    )
+    assert data["generated"]["sampler"] == "Sampler(DPMSolverMultistepScheduler)"
+    assert data["generated"]["num_steps"] == 3
+
+
 def test_bench_prints_side_by_side_figures(tmp_path, data_dir):
     from facediff.cli.bench import bench
     from tests.conftest import TINY

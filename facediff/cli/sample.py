@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from facediff.api import FaceGenerator
 from facediff.config import register_resolvers
+from facediff.diffusion.sampling import sampler_option
 from facediff.visualize import colorize, grid, save_png, to_uint8
 
 log = logging.getLogger("facediff.sample")
@@ -20,6 +21,8 @@ log = logging.getLogger("facediff.sample")
 def sample(cfg: DictConfig) -> Path:
     register_resolvers()
     gen = FaceGenerator.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.use_ema)
+    if cfg.get("solver"):
+        gen.model.sampler = sampler_option(cfg.solver, like=gen.model.sampler)
     out = Path(cfg.output_dir)
     k = cfg.num_samples
     gs = (

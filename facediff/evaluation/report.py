@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from facediff import checkpoint
 from facediff.data.batch import condition_batch, repeat_batch, to_device
+from facediff.diffusion.sampling import sampler_option
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.generated import read_generated, write_generated
 from facediff.evaluation.metrics import (
@@ -217,6 +218,8 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
     """Generate the protocol's images for a model and write them as a generated folder: one
     sample for each of the first `num_conditions` items of `split` (the batch starting at row r
     with seed + r), then `samples_per_condition` samples for the first `diversity_conditions`."""
+    if p.get("solver"):  # another solver than the checkpoint's (conf/sampler/<name>)
+        model.sampler = sampler_option(p["solver"], like=model.sampler)
     cond = condition_batch(datamodule, p["split"], p["num_conditions"], model)
     n = len(cond["image"])
     cond = {k: v for k, v in cond.items() if k != "image"}
@@ -372,6 +375,8 @@ def check_protocol(p) -> tuple:
         )
     try:
         check_sampling_options(p["num_steps"], p["eta"], p["guidance_scale"])
+        if p.get("solver"):
+            sampler_option(p["solver"])
     except ValueError as e:
         raise ValueError(f"evaluation.{e}") from None
     return inception(p["inception"])  # a missing or unreadable Inception file: its error now
