@@ -1,0 +1,40 @@
+"""facediff-report DIR [DIR ...]: one table from Hydra multirun folders (see facediff.evaluation.study)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from facediff.evaluation.study import log_to_wandb, report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="facediff-report",
+        description="A row per setting (the job's overrides without seed=), mean ± std over "
+        "seeds of the evaluation protocol's columns, the number of jobs, the failed jobs.",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="multirun folders (hydra.sweep.dir)")
+    parser.add_argument(
+        "--out", type=Path, help="where report.md and report.csv go (default: the first DIR)"
+    )
+    parser.add_argument(
+        "--wandb", action="store_true", help="also log the table to W&B (offline unless --online)"
+    )
+    parser.add_argument("--online", action="store_true", help="with --wandb: log online")
+    args = parser.parse_args(argv)
+    try:
+        result = report(args.dirs, args.out or args.dirs[0])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"facediff-report: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result["markdown"])
+    print("\nwrote " + " and ".join(result["paths"]))
+    if args.wandb:
+        print(f"W&B table: {log_to_wandb(result, offline=not args.online)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

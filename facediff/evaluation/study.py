@@ -1,0 +1,234 @@
+"""One table from one or more Hydra multirun folders: a row per setting, mean ± std over seeds.
+
+A multirun folder holds Hydra's `multirun.yaml` and one folder per job (`0/`, `1/`, ...), each
+with `.hydra/overrides.yaml` (the job's own overrides) and, when the job ran the evaluation
+protocol (`evaluate_after=true`), `evaluation/metrics.json`. A job's setting is its overrides
+without `seed=`; jobs of one setting made at different times (several folders) are one row.
+Jobs without `metrics.json` are listed as failed. Jobs whose protocols differ are refused: a
+table mixing them would compare numbers that are not comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from facediff.evaluation.report import COLUMNS
+
+SEED_KEYS = ("seed",)
+ROW = "samples vs own conditions"
+SHUFFLED = "samples vs shuffled conditions"
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: list[str]
+    metrics: dict | None  # None: the job failed (no metrics.json)
+
+    @property
+    def seed(self) -> str | None:
+        for o in self.overrides:
+            key, _, value = o.partition("=")
+            if key.lstrip("+~") in SEED_KEYS:
+                return value
+        return None
+
+
+@dataclass
+class Row:
+    setting: str
+    jobs: list[Job] = field(default_factory=list)
+
+
+def read_jobs(folder) -> list[Job]:
+    """The jobs of one multirun folder (Hydra's multirun.yaml beside numbered job folders)."""
+    folder = Path(folder)
+    if not (folder / "multirun.yaml").is_file():
+        raise FileNotFoundError(
+            f"{folder}: not a Hydra multirun folder (no multirun.yaml); give the folder that "
+            "`facediff-train -m` wrote (hydra.sweep.dir)"
+        )
+    jobs = []
+    for job in sorted(
+        (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    ):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        if not overrides_file.is_file():
+            continue  # not a job folder Hydra wrote (e.g. a DDP rank's log only)
+        overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
+        metrics_file = job / "evaluation" / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        jobs.append(Job(job, overrides, metrics))
+    return jobs
+
+
+def _setting_overrides(job: Job, common: set[str]) -> list[str]:
+    return [
+        o
+        for o in job.overrides
+        if o not in common and o.partition("=")[0].lstrip("+~") not in SEED_KEYS
+    ]
+
+
+def check_protocols(jobs: list[Job]) -> dict | None:
+    """The one protocol all finished jobs share; a ValueError naming the option that differs."""
+    done = [j for j in jobs if j.metrics is not None]
+    if not done:
+        return None
+    first = done[0].metrics.get("protocol", {})
+    for job in done[1:]:
+        p = job.metrics.get("protocol", {})
+        swept = {  # evaluation options a job sets itself are the study's variable, not a clash
+            o.partition("=")[0].lstrip("+~").removeprefix("evaluation.")
+            for j in (done[0], job)
+            for o in j.overrides
+            if o.lstrip("+~").startswith("evaluation.")
+        }
+        for key in sorted((set(first) | set(p)) - swept):
+            if first.get(key) != p.get(key):
+                raise ValueError(
+                    f"evaluation.{key} differs: {first.get(key)!r} in {done[0].folder} but "
+                    f"{p.get(key)!r} in {job.folder}; one table compares one protocol (report "
+                    "those folders separately, or evaluate them again with the same protocol)"
+                )
+    return first
+
+
+def group(jobs: list[Job]) -> tuple[list[Row], list[str]]:
+    """Rows by setting (in order of first appearance) and the overrides common to all jobs."""
+    common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
+    rows: dict[str, Row] = {}
+    for job in jobs:
+        setting = " ".join(_setting_overrides(job, common))
+        rows.setdefault(setting, Row(setting)).jobs.append(job)
+    if len(rows) == 1:  # one setting: name it by its overrides (what all jobs share)
+        row = next(iter(rows.values()))
+        row.setting = " ".join(_setting_overrides(row.jobs[0], set())) or "(no overrides)"
+        return [row], []
+    return list(rows.values()), sorted(common)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    sd = (
+        math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+        if len(values) > 1
+        else 0.0
+    )
+    return m, sd
+
+
+def cell(jobs: list[Job], key: str, scale: float, fmt: str, which: str = ROW) -> str:
+    values = [
+        j.metrics["rows"][which][key] * scale
+        for j in jobs
+        if j.metrics is not None and key in j.metrics["rows"].get(which, {})
+    ]
+    if not values:
+        return "-"
+    m, sd = _mean_std(values)
+    return fmt.format(m) + (" ± " + fmt.format(sd) if len(values) > 1 else "")
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """(header, cells): Table 4's columns for own conditions, the shuffled fidelity beside
+    them, mean ± std over the row's finished jobs, the number of jobs (finished / all)."""
+    done = [j for r in rows for j in r.jobs if j.metrics is not None]
+    cols = [c for c in COLUMNS if any(c[0] in j.metrics["rows"].get(ROW, {}) for j in done)]
+    shuffled = [
+        c for c in cols if c[0] in ("attr_acc", "mask_acc", "miou")
+    ]  # the separation a conditioned model must show
+    header = ["setting", "jobs"] + [c[1] for c in cols] + [f"{c[1]} (shuffled)" for c in shuffled]
+    body = []
+    for r in rows:
+        ok = [j for j in r.jobs if j.metrics is not None]
+        line = [r.setting, f"{len(ok)}/{len(r.jobs)}"]
+        line += [cell(ok, k, scale, fmt) for k, _, fmt, scale in cols]
+        line += [cell(ok, k, scale, fmt, SHUFFLED) for k, _, fmt, scale in shuffled]
+        body.append(line)
+    return header, body
+
+
+def report(folders, out_dir) -> dict:
+    """Read the multirun folders, check they share one protocol, write report.md and
+    report.csv under out_dir; returns {header, rows, failed, common, protocol, paths}."""
+    jobs = [j for f in folders for j in read_jobs(f)]
+    if not jobs:
+        raise ValueError(f"{', '.join(map(str, folders))}: no job folders found")
+    protocol = check_protocols(jobs)
+    rows, common = group(jobs)
+    header, body = table(rows)
+    failed = [str(j.folder) for j in jobs if j.metrics is None]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(line) + " |" for line in body]
+    notes = [
+        "",
+        f"Mean ± std over seeds; jobs = finished / all. Folders: {', '.join(map(str, folders))}.",
+        f"Common to all jobs: {' '.join(common) or '-'}.",
+    ]
+    if protocol:
+        notes.append(
+            "Protocol: "
+            + ", ".join(
+                f"{k}={protocol[k]}"
+                for k in (
+                    "split",
+                    "num_conditions",
+                    "num_steps",
+                    "solver",
+                    "guidance_scale",
+                    "inception",
+                )
+                if k in protocol
+            )
+            + "."
+        )
+    if failed:
+        notes.append("Failed jobs (no evaluation/metrics.json): " + ", ".join(failed) + ".")
+    (out / "report.md").write_text("\n".join(md + notes) + "\n")
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(body)
+    return {
+        "header": header,
+        "rows": body,
+        "failed": failed,
+        "common": common,
+        "protocol": protocol,
+        "paths": [str(out / "report.md"), str(out / "report.csv")],
+        "markdown": "\n".join(md + notes),
+    }
+
+
+def log_to_wandb(result: dict, project: str = "facediff", offline: bool = True) -> str:
+    """The table as a wandb.Table in a run of its own (job_type=report); returns its folder."""
+    import wandb
+
+    run = wandb.init(
+        project=project, job_type="report", mode="offline" if offline else "online", reinit=True
+    )
+    run.log({"study": wandb.Table(columns=result["header"], data=result["rows"])})
+    folder = run.dir
+    run.finish()
+    return folder
+
+
+__all__ = [
+    "Job",
+    "Row",
+    "check_protocols",
+    "group",
+    "log_to_wandb",
+    "read_jobs",
+    "report",
+    "table",
+]

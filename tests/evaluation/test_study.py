@@ -1,0 +1,133 @@
+"""facediff-report: multirun folders to one table, mean ± std over seeds, failed jobs listed,
+protocols that differ refused."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facediff.cli.report import main as report_main
+from facediff.evaluation.study import report
+
+PROTOCOL = {"split": "val", "num_conditions": 64, "num_steps": None, "solver": None, "seed": 0}
+
+
+def job(sweep: Path, num: int, overrides: list[str], scores: dict | None, protocol=None):
+    folder = sweep / str(num)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if scores is not None:
+        rows = {
+            "real images (ground truth)": {"attr_acc": 0.9},
+            "samples vs own conditions": scores,
+            "samples vs shuffled conditions": {
+                k: v / 2 for k, v in scores.items() if k in ("attr_acc", "miou")
+            },
+        }
+        (folder / "evaluation").mkdir()
+        (folder / "evaluation" / "metrics.json").write_text(
+            json.dumps({"rows": rows, "protocol": protocol or PROTOCOL})
+        )
+
+
+def sweep_dir(root: Path, name: str) -> Path:
+    (root / name).mkdir(parents=True)
+    (root / name / "multirun.yaml").write_text("hydra: {}\n")
+    return root / name
+
+
+def test_rows_per_setting_mean_std_over_seeds_across_folders(tmp_path):
+    a, b = sweep_dir(tmp_path, "a"), sweep_dir(tmp_path, "b")
+    common = "paths.data_dir=/d"
+    job(
+        a,
+        0,
+        [common, "conditioner=attr", "seed=0"],
+        {"fid_domain": 10.0, "attr_acc": 0.80, "miou": 0.2},
+    )
+    job(
+        a,
+        1,
+        [common, "conditioner=attr", "seed=1"],
+        {"fid_domain": 14.0, "attr_acc": 0.84, "miou": 0.3},
+    )
+    job(
+        a,
+        2,
+        [common, "conditioner=multi", "seed=0"],
+        {"fid_domain": 8.0, "attr_acc": 0.90, "miou": 0.4},
+    )
+    job(a, 3, [common, "conditioner=multi", "seed=1"], None)  # failed
+    job(
+        b,
+        0,
+        [common, "conditioner=multi", "seed=1"],
+        {"fid_domain": 9.0, "attr_acc": 0.86, "miou": 0.5},
+    )
+    out = report([a, b], tmp_path / "out")
+    assert out["header"][:4] == ["setting", "jobs", "FID*", "attribute acc."]
+    rows = {r[0]: r for r in out["rows"]}
+    assert set(rows) == {"conditioner=attr", "conditioner=multi"}  # seed and common dropped
+    assert out["common"] == [common]
+    attr, multi = rows["conditioner=attr"], rows["conditioner=multi"]
+    assert attr[1] == "2/2" and multi[1] == "2/3"
+    assert attr[2] == f"{statistics.mean([10, 14]):.2f} ± {statistics.stdev([10, 14]):.2f}"
+    assert multi[3] == f"{statistics.mean([90, 86]):.1f} ± {statistics.stdev([90, 86]):.1f}"
+    assert out["header"][-1] == "mIoU (shuffled)" and attr[-1] == "12.5 ± 3.5"
+    assert out["failed"] == [str(a / "3")]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| conditioner=multi | 2/3 |" in md and "Failed jobs" in md and str(a / "3") in md
+    assert (
+        (tmp_path / "out" / "report.csv")
+        .read_text()
+        .splitlines()[0]
+        .startswith("setting,jobs,FID*")
+    )
+
+
+def test_jobs_of_different_protocols_are_refused_by_name(tmp_path, capsys):
+    a = sweep_dir(tmp_path, "a")
+    job(a, 0, ["seed=0"], {"attr_acc": 0.8})
+    job(a, 1, ["seed=1"], {"attr_acc": 0.8}, PROTOCOL | {"num_conditions": 5000})
+    with pytest.raises(
+        ValueError, match=r"evaluation\.num_conditions differs: 64 in .*/0 but 5000 in .*/1"
+    ):
+        report([a], tmp_path / "out")
+    with pytest.raises(SystemExit) as e:  # the command: exit 2, the reason on stderr
+        report_main([str(a)])
+    assert e.value.code == 2 and "evaluation.num_conditions differs" in capsys.readouterr().err
+
+
+def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
+    a = sweep_dir(tmp_path, "a")
+    for i, steps in enumerate((10, 25)):
+        job(
+            a,
+            i,
+            [f"evaluation.num_steps={steps}", "seed=0"],
+            {"attr_acc": 0.8},
+            PROTOCOL | {"num_steps": steps},
+        )
+    out = report([a], tmp_path / "out")
+    assert [r[0] for r in out["rows"]] == ["evaluation.num_steps=10", "evaluation.num_steps=25"]
+
+
+def test_not_a_multirun_folder(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"not a Hydra multirun folder \(no multirun\.yaml\)"
+    ):
+        report([tmp_path], tmp_path / "out")
+
+
+def test_the_table_goes_to_wandb_as_a_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    a = sweep_dir(tmp_path, "a")
+    job(a, 0, ["conditioner=attr", "seed=0"], {"attr_acc": 0.8})
+    result = report_main([str(a), "--wandb"])
+    assert result["rows"][0][0] == "conditioner=attr"
+    tables = list(tmp_path.rglob("study_*.table.json"))
+    assert tables and json.loads(tables[0].read_text())["columns"] == result["header"]
