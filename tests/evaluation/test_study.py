@@ -4,7 +4,10 @@ protocols that differ refused."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,11 +126,15 @@ def test_not_a_multirun_folder(tmp_path):
         report([tmp_path], tmp_path / "out")
 
 
-def test_the_table_goes_to_wandb_as_a_table(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+def test_the_table_goes_to_wandb_as_a_table(tmp_path):
+    """facediff-report DIR --wandb, as a user runs it (its own process: W&B's global state
+    stays out of the test process)."""
     a = sweep_dir(tmp_path, "a")
     job(a, 0, ["conditioner=attr", "seed=0"], {"attr_acc": 0.8})
-    result = report_main([str(a), "--wandb"])
-    assert result["rows"][0][0] == "conditioner=attr"
+    env = dict(os.environ, WANDB_DIR=str(tmp_path), WANDB_MODE="offline")
+    cmd = [sys.executable, "-m", "facediff.cli.report", str(a), "--wandb"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| conditioner=attr | 1/1 |" in run.stdout and "W&B table:" in run.stdout
     tables = list(tmp_path.rglob("study_*.table.json"))
-    assert tables and json.loads(tables[0].read_text())["columns"] == result["header"]
+    assert tables and json.loads(tables[0].read_text())["columns"][:2] == ["setting", "jobs"]
