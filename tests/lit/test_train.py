@@ -133,3 +133,16 @@ def test_small_autoencoder_route(make_cfg, tmp_path, data_dir):
         16,
         3,
     )
+
+
+def test_patch_size_2_trains_and_samples_through_the_configs(make_cfg):
+    cfg = make_cfg("conditioner=attr_mask_concat", "denoiser.patch_size=2")
+    train(cfg)
+    gen = FaceGenerator.from_checkpoint(last_ckpt(cfg))
+    assert gen.model.denoiser.unet.config.sample_size == 8  # 16 px folded 2x2
+    assert gen.sample(attributes={"Smiling": 1}, num_samples=1, num_steps=2).shape == (
+        1,
+        16,
+        16,
+        3,
+    )
