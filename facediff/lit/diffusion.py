@@ -195,9 +195,8 @@ class LatentDiffusion(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
-        finite = (
-            bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-        )
+        # one fused norm per tensor: a NaN or inf anywhere makes its norm non-finite
+        finite = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()) if grads else True
         if not finite:
             self._record_bad_step("gradient")
             for p in self.trainable_parameters():
