@@ -158,3 +158,29 @@ def test_resume_on_changed_data_warns_and_records_it(make_cfg, tmp_path, caplog)
     assert ckpt(resumed)["facediff"]["data"]["resumed_on_changed_data"] == {
         "content_hash": "f" * 64
     }
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_stops_the_command_with_a_non_zero_exit(data_dir, tmp_path, signal_name, code):
+    """facediff-train as a user runs it: the signal writes last.ckpt, then the job ends with
+    128 + the signal number (no evaluation after it, nothing that looks like success)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "facediff.cli.train", f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={out}", *overrides, "trainer.max_steps=50", "evaluate_after=true",
+        "+callbacks.stop._target_=tests.lit.helpers.SendSignalAt", "+callbacks.stop.step=2",
+        f"+callbacks.stop.signal_name={signal_name}",
+    ]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == code, run.stderr[-2000:]
+    assert f"{signal_name} received: stopped at step" in run.stdout + run.stderr
+    assert checkpoint.load(out / "checkpoints" / "last.ckpt")["global_step"] in (2, 3)
+    assert not (out / "evaluation").exists()
