@@ -41,6 +41,22 @@ TINY = [
     "callbacks.fidelity.every_n_steps=0",
 ]
 
+# TINY's denoiser options are the UNet's; a `denoiser=dit_*` run takes these instead
+TINY_DIT = [
+    "denoiser.hidden_size=32",
+    "denoiser.depth=2",
+    "denoiser.num_heads=2",
+    "denoiser.cross_attention_dim=32",
+]
+
+
+def tiny(overrides) -> list[str]:
+    """TINY, with the DiT's shrunk options in place of the UNet's for `denoiser=dit_*`."""
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("denoiser=")]
+    if names and names[-1].startswith("dit"):
+        return [o for o in TINY if not o.startswith("denoiser.")] + TINY_DIT
+    return TINY
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
@@ -55,6 +71,6 @@ def make_cfg(data_dir, tmp_path):
 
     def make(*overrides: str, config_name: str = "train"):
         base = [f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}"]
-        return compose(config_name, base + TINY + list(overrides))
+        return compose(config_name, base + tiny(overrides) + list(overrides))
 
     return make

@@ -182,6 +182,49 @@ def bench_lightning_overhead(cfg: DictConfig, steps: int) -> dict:
     }
 
 
+def bench_denoisers(sets, steps: int) -> list[dict]:
+    """Parameters and fp32 training steps/s (forward, backward, AdamW) of denoiser options,
+    each on random inputs of its set's resolution and batch, one token of condition."""
+    from facediff.config import compose
+    from facediff.models.conditioning import Condition
+
+    rows = []
+    for group in sets:
+        for option in group["options"]:
+            overrides = list(group.get("base", [])) + option.split()
+            cfg = compose("train", overrides + [f"data.resolution={group['resolution']}"])
+            den = instantiate(cfg.denoiser)
+            b, g = group["batch"], torch.Generator().manual_seed(0)
+            c = den.in_channels
+            zt = torch.randn(b, c, den.sample_size, den.sample_size, generator=g)
+            spatial = den.extra_in_channels or None
+            cond = Condition(
+                tokens=torch.randn(b, 1, den.cross_attention_dim, generator=g),
+                token_mask=torch.ones(b, 1, dtype=torch.bool),
+                vector=torch.randn(b, den.vector_dim, generator=g) if den.vector_dim else None,
+                spatial=torch.randn(b, spatial, *zt.shape[-2:], generator=g) if spatial else None,
+            )
+            t = torch.randint(0, 1000, (b,), generator=g)
+            opt = torch.optim.AdamW(den.parameters(), 1e-4)
+            for i in range(steps + 1):
+                if i == 1:
+                    t0 = time.perf_counter()
+                den(zt, t, cond).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+            rows.append(
+                {
+                    "denoiser": option,
+                    "resolution": group["resolution"],
+                    "batch_size": b,
+                    "params_M": sum(p.numel() for p in den.parameters()) / 1e6,
+                    "steps_s": steps / (time.perf_counter() - t0),
+                }
+            )
+            log.info("%s", rows[-1])
+    return rows
+
+
 def bench_checkpoint_integrity(out: Path, megabytes: int = 100) -> dict:
     """Seconds to check the CRC-32 of every record of a `megabytes` checkpoint (what every
     facediff load does) against the weights-only torch.load itself."""
@@ -217,6 +260,8 @@ def bench(cfg: DictConfig) -> dict:
         results["lightning"] = bench_lightning_overhead(cfg, b.train_steps)
     if "checkpoint" in b.what:
         results["checkpoint"] = bench_checkpoint_integrity(out, b.checkpoint_mb)
+    if "denoisers" in b.what:
+        results["denoisers"] = bench_denoisers(b.denoiser_sets, b.denoiser_steps)
     shutil.rmtree(out / "synthfaces_raw", ignore_errors=True)
     for r in b.resolutions:
         shutil.rmtree(out / f"prep_{r}", ignore_errors=True)

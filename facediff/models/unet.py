@@ -9,6 +9,21 @@ from torch import Tensor, nn
 
 from facediff.models.conditioning import Condition
 
+ATTENTION_PATTERNS = ("lowest", "middle", "all")
+
+
+def attention_pattern(pattern, levels: int) -> tuple[bool, ...]:
+    """`attention_levels` as one bool per level, from a list or a named pattern."""
+    if isinstance(pattern, str):
+        if pattern not in ATTENTION_PATTERNS:
+            raise ValueError(
+                f"denoiser.attention_levels={pattern!r}: expected a list of booleans, one per "
+                f"level, or one of {ATTENTION_PATTERNS}"
+            )
+        first = {"lowest": levels - 1, "middle": levels // 2, "all": 0}[pattern]
+        return tuple(i >= first for i in range(levels))
+    return tuple(bool(a) for a in pattern)
+
 
 class UNet(nn.Module):
     """Args map onto UNet2DConditionModel.
@@ -18,7 +33,9 @@ class UNet(nn.Module):
         in_channels: latent channels; `extra_in_channels` more come from the conditioner's
             spatial maps (the "concat" / "hybrid" conditioning).
         block_out_channels: width per level (depth = its length).
-        attention_levels: per level, True for self-attn -> cross-attn -> FFN blocks.
+        attention_levels: per level, True for self-attn -> cross-attn -> FFN blocks; or a
+            pattern (`ATTENTION_PATTERNS`): "lowest" (the lowest-resolution level only),
+            "middle" (from the middle level down: levels n//2 .. n-1), "all".
         cross_attention_dim: token width of the conditioner.
         head_dim: channels per attention head (64 in the CVIU paper).
         vector_dim: width of the conditioner's vector (added to the time embedding); 0: none.
@@ -36,7 +53,7 @@ class UNet(nn.Module):
         out_channels: int | None = None,
         block_out_channels: tuple[int, ...] = (128, 256, 512),
         layers_per_block: int = 2,
-        attention_levels: tuple[bool, ...] = (False, True, True),
+        attention_levels: tuple[bool, ...] | str = (False, True, True),
         cross_attention_dim: int = 512,
         head_dim: int = 64,
         vector_dim: int = 0,
@@ -46,7 +63,8 @@ class UNet(nn.Module):
         patch_size: int = 1,
     ):
         super().__init__()
-        block_out_channels, attention_levels = tuple(block_out_channels), tuple(attention_levels)
+        block_out_channels = tuple(block_out_channels)
+        attention_levels = attention_pattern(attention_levels, len(block_out_channels))
         if patch_size < 1 or sample_size % patch_size:
             raise ValueError(
                 f"denoiser.patch_size={patch_size}: expected an integer >= 1 dividing "

@@ -103,3 +103,41 @@ def test_missing_weights_name_the_file(tmp_path):
         DiffusersAutoencoder(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="autoencoder.pretrained=.*config.json"):
         DiffusersAutoencoder("no-such-org/no-such-vae-xyz")
+
+
+def test_unet_attention_patterns():
+    from facediff.models.unet import attention_pattern
+
+    assert attention_pattern("lowest", 4) == (False, False, False, True)
+    assert attention_pattern("middle", 4) == (False, False, True, True)
+    assert attention_pattern("middle", 5) == (False, False, True, True, True)
+    assert attention_pattern("all", 6) == (True,) * 6
+    assert attention_pattern([0, 1], 2) == (False, True)
+    with pytest.raises(ValueError, match="attention_levels='top': expected a list of booleans"):
+        attention_pattern("top", 4)
+    unet = UNet(
+        16, 3, block_out_channels=(8, 8, 16, 16, 16), attention_levels="middle",
+        layers_per_block=1, cross_attention_dim=8, head_dim=8, norm_num_groups=8,
+    )  # fmt: skip
+    kinds = [type(b).__name__ for b in unet.unet.down_blocks]
+    assert kinds == ["DownBlock2D"] * 2 + ["CrossAttnDownBlock2D"] * 3
+
+
+@pytest.mark.parametrize("levels", [4, 5, 6])
+def test_unet_variants_compose_and_train(make_cfg, levels):
+    """The seed-000 variants' option files, shrunk in width only: levels x attention."""
+    import numpy as np
+
+    from facediff.cli.train import train
+    from facediff.config import compose
+
+    full = compose("train", [f"denoiser=unet_l{levels}", "data.resolution=128"]).denoiser
+    assert len(full.block_out_channels) == levels and full.attention_levels == "lowest"
+    cfg = make_cfg(
+        f"denoiser=unet_l{levels}",
+        "denoiser.attention_levels=middle",
+        f"denoiser.block_out_channels=[{','.join(['16'] * levels)}]",
+        "data.resolution=32",
+        "trainer.fast_dev_run=true",
+    )
+    assert np.isfinite(train(cfg)["train/loss"])
