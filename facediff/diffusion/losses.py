@@ -9,24 +9,56 @@ from torch import Tensor, nn
 from facediff.data.labels import MASK_CLASSES
 from facediff.models.conditioning import info_nce
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
+
 
 def snr_from_alphas(alphas_cumprod: Tensor) -> Tensor:
     """SNR(t) = alpha_bar_t / (1 - alpha_bar_t)."""
     return alphas_cumprod / (1 - alphas_cumprod)
 
 
-class NoWeighting(nn.Module):
-    """Weight 1: the plain epsilon loss (the same as P2 with gamma = 0)."""
+def snr_from_flow_t(t: Tensor, eps: float = 1e-5) -> Tensor:
+    """Rectified flow x_t = (1 - t) x0 + t eps: SNR(t) = ((1 - t) / t)^2 (t kept off 0 and 1)."""
+    t = t.clamp(eps, 1 - eps)
+    return ((1 - t) / t) ** 2
 
-    def forward(self, snr: Tensor, prediction_type: str = "epsilon") -> Tensor:
+
+def target_factor(snr: Tensor, prediction_type: str) -> Tensor:
+    """c^2 with eps_hat - eps = c (pred - target): an eps-space weight w(t) becomes
+    w(t) c^2 on the model's own target (METHODS.md Sec. 1), so every weighting means the same
+    whatever the model predicts. epsilon: 1; v: snr / (snr + 1); x0 ("sample"): snr;
+    flow (velocity eps - x0): (1 - t)^2 = snr / (1 + sqrt(snr))^2."""
+    if prediction_type == "epsilon":
+        return torch.ones_like(snr)
+    if prediction_type == "v_prediction":
+        return snr / (snr + 1)
+    if prediction_type == "sample":
+        return snr
+    if prediction_type == "flow":
+        return snr / (1 + snr.sqrt()) ** 2
+    raise ValueError(
+        f"prediction_type={prediction_type!r}: expected one of {list(PREDICTION_TYPES)}"
+    )
+
+
+class NoWeighting(nn.Module):
+    """Weight 1 on the model's own target: the plain loss (eps, v, x0 or velocity MSE)."""
+
+    eps_space = False  # not carried over: plain means plain on every target
+
+    def forward(self, snr: Tensor) -> Tensor:
         return torch.ones_like(snr)
 
 
 class P2Weighting(nn.Module):
-    """P2 weighting, Choi et al. 2022 (arXiv 2204.00227): w(t) = 1 / (k + SNR(t))^gamma.
+    """P2 weighting, Choi et al. 2022 (arXiv 2204.00227): w(t) = 1 / (k + SNR(t))^gamma on the
+    eps loss, carried over to v and flow by `target_factor`.
 
-    Not normalised, as in the P2 authors' code; gamma = 0 gives weight 1.
+    Not normalised, as in the P2 authors' code; gamma = 0 gives the eps-equivalent loss (the
+    plain loss for an eps model).
     """
+
+    eps_space = True
 
     def __init__(self, gamma: float = 0.5, k: float = 1.0):
         super().__init__()
@@ -34,25 +66,37 @@ class P2Weighting(nn.Module):
             raise ValueError(f"loss.weighting: need gamma >= 0 and k > 0, got {gamma}, {k}")
         self.gamma, self.k = gamma, k
 
-    def forward(self, snr: Tensor, prediction_type: str = "epsilon") -> Tensor:
+    def forward(self, snr: Tensor) -> Tensor:
         return (self.k + snr) ** -self.gamma
 
 
 class MinSNRWeighting(nn.Module):
-    """Min-SNR-gamma, Hang et al. 2023 (arXiv 2303.09556), expressed for the prediction type:
-    min(snr, g) / snr for epsilon, min(snr, g) / (snr + 1) for v."""
+    """Min-SNR-gamma, Hang et al. 2023 (arXiv 2303.09556): min(snr, g) / snr on the eps loss,
+    so min(snr, g) / (snr + 1) for v and t^2 min(snr, g) for flow through `target_factor`."""
+
+    eps_space = True
 
     def __init__(self, gamma: float = 5.0):
         super().__init__()
         self.gamma = gamma
 
-    def forward(self, snr: Tensor, prediction_type: str = "epsilon") -> Tensor:
-        clipped = snr.clamp(max=self.gamma)
-        return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+    def forward(self, snr: Tensor) -> Tensor:
+        return snr.clamp(max=self.gamma) / snr
+
+
+def loss_weight(weighting: nn.Module, snr: Tensor, prediction_type: str) -> Tensor:
+    """The weighting's w(t) on the model's own target."""
+    w = weighting(snr)
+    if getattr(weighting, "eps_space", True):
+        w = w * target_factor(snr, prediction_type)
+    elif prediction_type not in PREDICTION_TYPES:
+        target_factor(snr, prediction_type)  # the error naming it
+    return w
 
 
 class DiffusionLoss(nn.Module):
-    """Per-sample loss = w(t) * mean((pred - target)^2) + optional terms.
+    """Per-sample loss = w(t) * mean((pred - target)^2) + optional terms; w(t) is the
+    weighting's, on the target the model predicts (`loss_weight`).
 
     Args:
         weighting: NoWeighting, P2Weighting or MinSNRWeighting.
@@ -107,7 +151,7 @@ class DiffusionLoss(nn.Module):
         extras: dict | None = None,
     ) -> dict[str, Tensor]:
         """Returns {"loss": (B,) per-sample total, and each term (B,) or scalar for logging}."""
-        w = self.weighting(snr.float(), prediction_type)  # (B,)
+        w = loss_weight(self.weighting, snr.float(), prediction_type)  # (B,)
         se = (pred.float() - target.float()) ** 2  # (B, C, h, w)
         terms = {"mse": se.mean((1, 2, 3))}
         loss = w * terms["mse"]

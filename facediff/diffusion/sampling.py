@@ -82,8 +82,8 @@ def check_sampling_options(num_steps=None, eta=None, guidance_scale=None) -> Non
 
 
 class Sampler:
-    """DDPM / DDIM (eta) / DPM-Solver++ / UniPC / Euler / any diffusers scheduler, built from
-    the training scheduler's config.
+    """DDPM / DDIM (eta) / DPM-Solver++ / UniPC / Euler / flow-matching Euler / any diffusers
+    scheduler, built from the training scheduler's config.
 
     Args:
         scheduler: a diffusers scheduler class (e.g. diffusers.DDIMScheduler).
@@ -178,10 +178,9 @@ class Sampler:
         levels, coef = guidance_levels(names, gs)
         levels = [level | {n: True for n in dropped} for level in levels]
         device = next(conditioner.parameters()).device
-        zt = (
-            torch.randn(shape, generator=generator, device="cpu").to(device)
-            * scheduler.init_noise_sigma
-        )
+        zt = torch.randn(shape, generator=generator, device="cpu").to(device)
+        zt = zt * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at 1
+        scale = getattr(scheduler, "scale_model_input", lambda z, t: z)
         cond = Condition.cat([conditioner(batch, drop=d, spatial_size=shape[-2:]) for d in levels])
         timesteps = scheduler.timesteps
         if progress:
@@ -189,7 +188,7 @@ class Sampler:
 
             timesteps = tqdm(timesteps, desc="sampling", leave=False)
         for t in timesteps:  # 1. predict every guidance level at once, 2. combine, 3. step
-            x = scheduler.scale_model_input(zt, t).repeat(len(levels), 1, 1, 1)
+            x = scale(zt, t).repeat(len(levels), 1, 1, 1)
             eps = denoise(x, t.expand(len(x)).to(device), cond).float().chunk(len(levels))
             guided = sum(c * e for c, e in zip(coef, eps))
             zt = scheduler.step(guided, t, zt, **step_kwargs).prev_sample

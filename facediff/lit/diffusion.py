@@ -9,11 +9,11 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from torch import Tensor, nn
 
-from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas
+from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas, snr_from_flow_t
 from facediff.diffusion.sampling import Sampler, guidance_levels
 from facediff.models.autoencoders import Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
@@ -33,7 +33,11 @@ class LatentDiffusion(L.LightningModule):
         denoiser: `denoiser(zt, t, cond) -> prediction` (facediff.models.unet.UNet).
         conditioner: facediff.models.conditioning.Conditioner.
         loss: facediff.diffusion.losses.DiffusionLoss.
-        noise_scheduler: a diffusers DDPMScheduler (T, betas, prediction type).
+        noise_scheduler: a diffusers DDPMScheduler (T, betas, prediction type: epsilon,
+            v_prediction or sample), or a FlowMatchEulerDiscreteScheduler for rectified flow
+            (x_t = (1 - t) x0 + t eps, the model predicts the velocity eps - x0 and sees t * T).
+        flow_t: how rectified flow draws t: "logit_normal" (t = sigmoid(n), n ~ N(flow_t_mean,
+            flow_t_std^2), Esser et al. 2024) or "uniform".
         sampler: facediff.diffusion.sampling.Sampler for validation grids and sampling.
         optimizer: partial optimizer (Hydra `_partial_: true`), finished here.
         lr_warmup_steps: linear warm-up of the learning rate.
@@ -60,17 +64,23 @@ class LatentDiffusion(L.LightningModule):
         ema_power: float = 2 / 3,
         max_bad_steps: int = 20,
         seed: int = 0,
+        flow_t: str = "logit_normal",
+        flow_t_mean: float = 0.0,
+        flow_t_std: float = 1.0,
     ):
         super().__init__()
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
         self.loss, self.noise_scheduler, self.sampler = loss, noise_scheduler, sampler
         self.optimizer_factory, self.lr_warmup_steps = optimizer, lr_warmup_steps
         self.image_size, self.max_bad_steps, self.seed = image_size, max_bad_steps, seed
+        self.flow = isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler)
+        self.flow_t, self.flow_t_mean, self.flow_t_std = flow_t, flow_t_mean, flow_t_std
         self.check_options(ema_decay, ema_power)
         self.check_wiring()
-        self.prediction_type = noise_scheduler.config.prediction_type
-        alphas = noise_scheduler.alphas_cumprod.float()
-        self.register_buffer("snr", snr_from_alphas(alphas), persistent=False)
+        self.prediction_type = "flow" if self.flow else noise_scheduler.config.prediction_type
+        if not self.flow:
+            alphas = noise_scheduler.alphas_cumprod.float()
+            self.register_buffer("snr", snr_from_alphas(alphas), persistent=False)
         self.ema = EMAModel(
             self.trainable_parameters(), decay=ema_decay, use_ema_warmup=True, power=ema_power
         )
@@ -105,6 +115,15 @@ class LatentDiffusion(L.LightningModule):
             bad("optimizer.lr", kw["lr"], "a finite number > 0")
         if "weight_decay" in kw and not (number(kw["weight_decay"]) and kw["weight_decay"] >= 0):
             bad("optimizer.weight_decay", kw["weight_decay"], "a finite number >= 0")
+        if self.flow_t not in ("logit_normal", "uniform"):
+            bad("flow_t", self.flow_t, "'logit_normal' or 'uniform'")
+        if not (number(self.flow_t_mean) and number(self.flow_t_std) and self.flow_t_std > 0):
+            bad("flow_t_std", self.flow_t_std, "a finite number > 0 (and a finite flow_t_mean)")
+        if not self.flow:
+            valid = ("epsilon", "v_prediction", "sample")
+            pt = self.noise_scheduler.config.prediction_type
+            if pt not in valid:
+                bad("noise_scheduler.prediction_type", pt, f"one of {list(valid)}")
 
     def check_wiring(self) -> None:
         """Fail before training when the parts do not fit together, naming the options."""
@@ -144,6 +163,22 @@ class LatentDiffusion(L.LightningModule):
             guidance_levels(cond.names, self.sampler.guidance_scale)
         except ValueError as e:
             raise ValueError(f"sampler.guidance_scale: {e}") from None
+        self.check_sampler(self.sampler)
+
+    def check_sampler(self, sampler: Sampler) -> None:
+        """A flow model samples with a flow solver and a diffusion model with a diffusion one."""
+        flow_solver = issubclass(sampler.scheduler_cls, FlowMatchEulerDiscreteScheduler)
+        if flow_solver != self.flow:
+            raise ValueError(
+                f"sampler: {sampler.scheduler_cls.__name__} "
+                + (
+                    "integrates a flow; this model was trained as a diffusion model "
+                    "(choose ddim, ddpm, dpmpp_2m, unipc or euler)"
+                    if flow_solver
+                    else "is a diffusion solver; this model was trained with objective=flow "
+                    "(choose sampler=flow_euler)"
+                )
+            )
 
     @property
     def requires(self) -> set[str]:
@@ -168,20 +203,34 @@ class LatentDiffusion(L.LightningModule):
         z0 = self.encode(batch)  # 1. first stage, (B, C, h, w)
         b, dev = z0.shape[0], z0.device
         T = self.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, T, (b,), generator=generator).to(dev)  # 2. timesteps and noise
-        eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
-        zt = self.noise_scheduler.add_noise(z0, eps, t)  # 3. forward process
+        if self.flow:  # 2.-3. rectified flow: t in (0, 1), a straight path, the velocity
+            s = self.sample_flow_t(b, generator).to(dev)
+            eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
+            st = s.view(-1, 1, 1, 1).to(z0.dtype)
+            zt, t, target, snr = (1 - st) * z0 + st * eps, s * T, eps - z0, snr_from_flow_t(s)
+        else:  # 2. timesteps and noise, 3. the forward process
+            t = torch.randint(0, T, (b,), generator=generator).to(dev)
+            eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
+            zt = self.noise_scheduler.add_noise(z0, eps, t)
+            if self.prediction_type == "v_prediction":
+                target = self.noise_scheduler.get_velocity(z0, eps, t)
+            else:
+                target = z0 if self.prediction_type == "sample" else eps
+            snr = self.snr[t]
         drop = self.conditioner.sample_drop(b, generator, dev) if self.training else None
         cond = self.conditioner(batch, drop=drop, spatial_size=z0.shape[-2:])  # 4. condition
         pred = self.denoiser(zt, t, cond)  # 5. predict
-        if self.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(z0, eps, t)
-        else:
-            target = eps
         extras = None
         if self.loss.infonce_weight:
             extras = {"attr_embeddings": self.conditioner.encoders["attrs"].encode(batch, None)}
-        return self.loss(pred, target, self.snr[t], batch, self.prediction_type, extras)  # 6.
+        return self.loss(pred, target, snr, batch, self.prediction_type, extras)  # 6.
+
+    def sample_flow_t(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """t in (0, 1) for rectified flow: logit-normal or uniform (`flow_t`)."""
+        if self.flow_t == "uniform":
+            return torch.rand(batch_size, generator=generator)
+        n = torch.randn(batch_size, generator=generator) * self.flow_t_std + self.flow_t_mean
+        return torch.sigmoid(n)
 
     def training_step(self, batch: dict, batch_idx: int):
         terms = self.diffusion_loss(batch, self.generator)
@@ -280,6 +329,7 @@ class LatentDiffusion(L.LightningModule):
     ) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; use
         `with model.ema_weights():` or `facediff.api.FaceGenerator` for the EMA weights)."""
+        self.check_sampler(self.sampler)
         b = len(batch[next(iter(batch))])
         h = self.autoencoder.latent_size(self.image_size)
         shape = (b, self.autoencoder.latent_channels, h, h)

@@ -13,6 +13,7 @@ from facediff.diffusion.losses import (
     MinSNRWeighting,
     NoWeighting,
     P2Weighting,
+    loss_weight,
     snr_from_alphas,
 )
 from facediff.diffusion.sampling import Sampler, guidance_levels
@@ -35,7 +36,7 @@ def test_p2_invariants():
 def test_min_snr():
     snr = torch.tensor([0.5, 5.0, 50.0])
     assert MinSNRWeighting(5.0)(snr).tolist() == pytest.approx([1.0, 1.0, 0.1])
-    assert MinSNRWeighting(5.0)(snr, "v_prediction").tolist() == pytest.approx(
+    assert loss_weight(MinSNRWeighting(5.0), snr, "v_prediction").tolist() == pytest.approx(
         [0.5 / 1.5, 5 / 6, 5 / 51]
     )
 
