@@ -275,9 +275,30 @@ class MaskConcatEncoder(ConditionEncoder):
         return self.null_map.expand(batch_size, -1, *spatial_size)
 
 
+VECTOR_SCHEDULES = ("constant", "cosine")
+
+
+def vector_schedule(t: Tensor, kind: str = "constant", num_train_timesteps: int = 1000) -> Tensor:
+    """The weight (B,) of the vector (control) condition at timestep t (0 .. T, flow's t * T
+    too): "constant" 1; "cosine" (1 - cos(pi t / T)) / 2, phased in over the noise level from
+    0 on clean inputs to 1 on pure noise, where the global layout (crop, flip) is decided
+    (arXiv 2411.03177)."""
+    if check_vector_schedule(kind) == "constant":
+        return torch.ones_like(t, dtype=torch.float32)
+    x = (t.float() / num_train_timesteps).clamp(0, 1)
+    return (1 - torch.cos(math.pi * x)) / 2
+
+
+def check_vector_schedule(kind: str) -> str:
+    if kind not in VECTOR_SCHEDULES:
+        raise ValueError(f"denoiser.vector_schedule={kind!r}: expected one of {VECTOR_SCHEDULES}")
+    return kind
+
+
 class ControlEncoder(ConditionEncoder):
     """Control metadata (flip, crop box, source size) -> a vector added to the time embedding,
-    apart from the semantic conditions (arXiv 2411.03177)."""
+    apart from the semantic conditions (arXiv 2411.03177), with its own dropout and guidance
+    scale; the denoiser weighs it by `vector_schedule` over the noise level."""
 
     kind = "vector"
     requires = ("control",)

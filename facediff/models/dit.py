@@ -28,7 +28,7 @@ from diffusers.models.embeddings import (
 from diffusers.models.normalization import AdaLayerNormZero
 from torch import Tensor, nn
 
-from facediff.models.conditioning import Condition
+from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
 
 POSITIONS = ("sincos", "learned")
 
@@ -88,8 +88,10 @@ class DiT(nn.Module):
         vector_dim: int = 0,
         positions: str = "sincos",
         dropout: float = 0.0,
+        vector_schedule: str = "constant",
     ):
         super().__init__()
+        self.vector_schedule = check_vector_schedule(vector_schedule)
         if patch_size < 1 or sample_size % patch_size:
             raise ValueError(
                 f"denoiser.patch_size={patch_size}: expected an integer >= 1 dividing "
@@ -167,7 +169,8 @@ class DiT(nn.Module):
         t = t.expand(b) if t.dim() == 0 else t
         emb = self.time_embed(self.time_proj(t).to(x.dtype))
         if self.vector_embed is not None:
-            emb = emb + self.vector_embed(cond.vector.to(x.dtype))
+            weight = vector_schedule(t, self.vector_schedule).to(x.dtype)[:, None]
+            emb = emb + weight * self.vector_embed(cond.vector.to(x.dtype))
         # the token mask as an additive bias (B, 1, L), as diffusers' UNet passes it
         bias = (1 - cond.token_mask.to(x.dtype)) * -10000.0
         tokens = cond.tokens.to(x.dtype)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
-from facediff.models.conditioning import Condition
+from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
 
 ATTENTION_PATTERNS = ("lowest", "middle", "all")
 
@@ -43,6 +43,8 @@ class UNet(nn.Module):
         patch_size: fold p x p pixels into channels before the UNet (pixel unshuffle) and unfold
             its output (pixel shuffle): the UNet runs at sample_size / p with in_channels * p^2
             channels, so its first level costs about p^2 times fewer FLOPs per sample. 1: off.
+        vector_schedule: the weight of the vector (control) condition over the noise level:
+            "constant" or "cosine" (`facediff.models.conditioning.vector_schedule`).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class UNet(nn.Module):
         norm_num_groups: int = 32,
         dropout: float = 0.0,
         patch_size: int = 1,
+        vector_schedule: str = "constant",
     ):
         super().__init__()
         block_out_channels = tuple(block_out_channels)
@@ -82,6 +85,7 @@ class UNet(nn.Module):
                 f"by norm_num_groups={norm_num_groups} and head_dim={head_dim}"
             )
         self.patch_size = patch_size
+        self.vector_schedule = check_vector_schedule(vector_schedule)
         p2 = patch_size**2
         self.sample_size, self.in_channels = sample_size, in_channels
         self.extra_in_channels, self.vector_dim = extra_in_channels, vector_dim
@@ -113,7 +117,10 @@ class UNet(nn.Module):
                 f"denoiser: input has {x.shape[1]} channels, expected in_channels "
                 f"{self.in_channels} + extra_in_channels {self.extra_in_channels}"
             )
-        vector = cond.vector if self.vector_dim else None
+        vector = None
+        if self.vector_dim:  # the control vector, weighed over the noise level
+            t_b = t.expand(len(x)) if t.dim() == 0 else t
+            vector = cond.vector * vector_schedule(t_b, self.vector_schedule).to(x.dtype)[:, None]
         if self.patch_size > 1:
             x = F.pixel_unshuffle(x, self.patch_size)
         out = self.unet(

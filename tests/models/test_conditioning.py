@@ -122,3 +122,46 @@ def test_info_nce_matches_hand_computation():
     assert got.item() == pytest.approx(info_nce_by_hand(e, a, 0.5, 0.8), rel=1e-5)
     # no anchor has a positive -> 0, and the diagonal alone never counts as one
     assert info_nce(e[:1], a[:1]).item() == 0.0
+
+
+def test_cosine_vector_schedule_phases_control_in_over_the_noise_level():
+    from facediff.models.conditioning import vector_schedule
+
+    t = torch.tensor([0, 250, 500, 750, 1000])
+    w = vector_schedule(t, "cosine")
+    assert w.tolist() == pytest.approx([0.0, 0.1464466, 0.5, 0.8535534, 1.0], abs=1e-6)
+    assert torch.equal(vector_schedule(t, "constant"), torch.ones(5))
+    with pytest.raises(ValueError, match="denoiser.vector_schedule='linear': expected one of"):
+        vector_schedule(t, "linear")
+
+
+@pytest.mark.parametrize("family", ["unet", "dit"])
+def test_scheduled_control_has_no_effect_on_clean_inputs_and_full_effect_on_noise(family):
+    from facediff.models.conditioning import Condition
+    from facediff.models.dit import DiT
+    from facediff.models.unet import UNet
+
+    torch.manual_seed(0)
+    if family == "unet":
+        den = UNet(
+            8, 3, block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
+            cross_attention_dim=16, head_dim=8, norm_num_groups=8, vector_dim=5,
+            vector_schedule="cosine",
+        )  # fmt: skip
+    else:
+        den = DiT(
+            8, 3, hidden_size=16, depth=1, num_heads=2, cross_attention_dim=16, vector_dim=5,
+            vector_schedule="cosine",
+        )  # fmt: skip
+        for m in [den.proj_out, den.out_modulation, den.blocks[0].norm1.linear]:
+            torch.nn.init.normal_(m.weight, std=0.1)
+    x = torch.randn(1, 3, 8, 8)
+    tokens = torch.randn(1, 2, 16)
+
+    def run(t, vector):
+        cond = Condition(tokens, torch.ones(1, 2, dtype=torch.bool), vector=vector)
+        return den(x, torch.tensor([t]), cond)
+
+    a, b = torch.zeros(1, 5), torch.ones(1, 5) * 3
+    assert torch.equal(run(0, a), run(0, b))  # clean: the control is phased out
+    assert not torch.allclose(run(999, a), run(999, b), atol=1e-4)  # noise: it acts
