@@ -102,7 +102,8 @@ class DiffusionLoss(nn.Module):
         weighting: NoWeighting, P2Weighting or MinSNRWeighting.
         region_weight: MCLD-style region term (METHODS.md Sec. 4): adds
             region_weight * w(t) * mean(m * (pred - target)^2), m the `region_classes` of the mask
-            at latent size (eyes, brows, lips and mouth by default).
+            at latent size (eyes, brows, lips and mouth by default); `region_classes` a list
+            (weight 1 each) or {class: weight} (e.g. eyes and lips heavier than the nose).
         infonce_weight: InfoNCE on the attribute embeddings (METHODS.md Sec. 2), with `tau`
             and positive `threshold`; needs `attr_embeddings` in `extras`.
     """
@@ -111,7 +112,7 @@ class DiffusionLoss(nn.Module):
         self,
         weighting: nn.Module | None = None,
         region_weight: float = 0.0,
-        region_classes: tuple[str, ...] = (
+        region_classes: tuple[str, ...] | dict[str, float] = (
             "l_eye",
             "r_eye",
             "l_brow",
@@ -126,15 +127,21 @@ class DiffusionLoss(nn.Module):
     ):
         super().__init__()
         self.weighting = weighting or NoWeighting()
+        if not hasattr(region_classes, "items"):
+            region_classes = {c: 1.0 for c in region_classes}
         unknown = [c for c in region_classes if c not in MASK_CLASSES]
         if unknown:
             raise ValueError(
                 f"loss.region_classes: unknown {unknown}; valid: {list(MASK_CLASSES)}"
             )
-        self.region_weight, self.region_ids = (
-            region_weight,
-            [MASK_CLASSES.index(c) for c in region_classes],
-        )
+        bad = {c: w for c, w in region_classes.items() if not 0 <= float(w) < float("inf")}
+        if bad:
+            raise ValueError(f"loss.region_classes: weights {bad} must be finite and >= 0")
+        class_weights = torch.zeros(len(MASK_CLASSES))
+        for c, w in region_classes.items():
+            class_weights[MASK_CLASSES.index(c)] = float(w)
+        self.region_weight = region_weight
+        self.register_buffer("region_class_weights", class_weights, persistent=False)
         self.infonce_weight, self.tau, self.threshold = infonce_weight, tau, threshold
 
     @property
@@ -156,8 +163,8 @@ class DiffusionLoss(nn.Module):
         terms = {"mse": se.mean((1, 2, 3))}
         loss = w * terms["mse"]
         if self.region_weight:
-            m = torch.isin(batch["mask"], torch.tensor(self.region_ids, device=se.device))
-            m = F.interpolate(m[:, None].float(), size=se.shape[-2:], mode="area")  # (B, 1, h, w)
+            m = self.region_class_weights.to(se.device)[batch["mask"]]  # per-pixel class weight
+            m = F.interpolate(m[:, None], size=se.shape[-2:], mode="area")  # (B, 1, h, w)
             terms["region"] = (se * m).mean((1, 2, 3))
             loss = loss + self.region_weight * w * terms["region"]
         if self.infonce_weight:

@@ -17,6 +17,7 @@ from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas, snr_from_f
 from facediff.diffusion.sampling import Sampler, guidance_levels
 from facediff.models.autoencoders import Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
+from facediff.models.routing import check_routing
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,8 @@ class LatentDiffusion(L.LightningModule):
         for got, want, option, what in checks:
             if got != want:
                 raise ValueError(f"{option}={got} does not match {what} ({want})")
+        if getattr(den, "routing", None):
+            check_routing(den.routing, cond.token_names)
         try:  # guidance scales may only name conditions the model has
             guidance_levels(cond.names, self.sampler.guidance_scale)
         except ValueError as e:

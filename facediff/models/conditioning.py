@@ -31,6 +31,7 @@ class Condition:
     token_mask: Tensor  # (B, L) bool
     vector: Tensor | None = None  # (B, Dv)
     spatial: Tensor | None = None  # (B, Cs, h, w)
+    token_groups: dict[str, tuple[int, int]] | None = None  # condition -> its token range
 
     @staticmethod
     def cat(conds: list[Condition]) -> Condition:
@@ -43,7 +44,8 @@ class Condition:
             *(
                 cat([getattr(c, f) for c in conds])
                 for f in ("tokens", "token_mask", "vector", "spatial")
-            )
+            ),
+            token_groups=conds[0].token_groups,
         )
 
 
@@ -345,6 +347,11 @@ class Conditioner(nn.Module):
     def requires(self) -> set[str]:
         return {k for e in self.encoders.values() for k in e.requires}
 
+    @property
+    def token_names(self) -> list[str]:
+        """The guidable conditions that are tokens (what stage routing routes)."""
+        return [n for n in self.names if self.encoders[n].kind == "tokens"]
+
     def channels(self, kind: str) -> int:
         """Total width of one kind: tokens -> D, spatial -> Cs, vector -> Dv (0 if none)."""
         if kind == "spatial":
@@ -366,11 +373,15 @@ class Conditioner(nn.Module):
         b = len(batch[next(iter(batch))])
         device = next(self.parameters()).device
         out: dict[str, list[Tensor]] = {k: [] for k in KINDS}
+        groups, start = {}, 0
         for name, enc in self.encoders.items():
             d = (drop or {}).get(name, False)
             if not torch.is_tensor(d):
                 d = torch.full((b,), bool(d), device=device)
             out[enc.kind].append(enc(batch, d.to(device), spatial_size))
+            if enc.kind == "tokens":
+                groups[name] = (start, start + out["tokens"][-1].shape[1])
+                start = groups[name][1]
         tokens = torch.cat(out["tokens"], 1)  # (B, L, D)
         if tokens.shape[-1] != self.dim:
             raise ValueError(
@@ -381,6 +392,7 @@ class Conditioner(nn.Module):
             token_mask=torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device),
             vector=torch.cat(out["vector"], 1) if out["vector"] else None,
             spatial=torch.cat(out["spatial"], 1) if out["spatial"] else None,
+            token_groups=groups,
         )
 
 

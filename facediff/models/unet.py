@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
+from facediff.models.routing import route
 
 ATTENTION_PATTERNS = ("lowest", "middle", "all")
 
@@ -45,6 +46,13 @@ class UNet(nn.Module):
             channels, so its first level costs about p^2 times fewer FLOPs per sample. 1: off.
         vector_schedule: the weight of the vector (control) condition over the noise level:
             "constant" or "cosine" (`facediff.models.conditioning.vector_schedule`).
+        routing: {stage: [condition, ...]} for the stages down / mid / up: which token
+            conditions each stage's cross-attention sees (`facediff.models.routing`); None:
+            every stage sees all tokens.
+        routing_form: "concat" (one attention over the stage's conditions' tokens) or "sum"
+            (one attention per condition, summed with weights lambda).
+        routing_lambda: "learned" or "fixed" lambdas of the "sum" form, starting at
+            routing_lambda_init.
     """
 
     def __init__(
@@ -64,6 +72,10 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         patch_size: int = 1,
         vector_schedule: str = "constant",
+        routing: dict[str, list[str]] | None = None,
+        routing_form: str = "concat",
+        routing_lambda: str = "learned",
+        routing_lambda_init: float = 1.0,
     ):
         super().__init__()
         block_out_channels = tuple(block_out_channels)
@@ -109,6 +121,20 @@ class UNet(nn.Module):
             projection_class_embeddings_input_dim=vector_dim or None,
             dropout=dropout,
         )
+        self.routing, self.routing_state = None, None
+        if routing:
+            if routing_lambda not in ("learned", "fixed"):
+                raise ValueError(
+                    f"denoiser.routing_lambda={routing_lambda!r}: expected 'learned' or 'fixed'"
+                )
+            self.routing = {k: list(v or []) for k, v in dict(routing).items()}
+            self.routing_state = route(
+                self.unet,
+                self.routing,
+                routing_form,
+                routing_lambda == "learned",
+                routing_lambda_init,
+            )
 
     def forward(self, zt: Tensor, t: Tensor, cond: Condition) -> Tensor:
         x = zt if cond.spatial is None else torch.cat([zt, cond.spatial.to(zt.dtype)], 1)
@@ -121,6 +147,8 @@ class UNet(nn.Module):
         if self.vector_dim:  # the control vector, weighed over the noise level
             t_b = t.expand(len(x)) if t.dim() == 0 else t
             vector = cond.vector * vector_schedule(t_b, self.vector_schedule).to(x.dtype)[:, None]
+        if self.routing_state is not None:
+            self.routing_state.groups = cond.token_groups
         if self.patch_size > 1:
             x = F.pixel_unshuffle(x, self.patch_size)
         out = self.unet(

@@ -185,3 +185,20 @@ def test_ddim_with_pixel_clipping_follows_the_clipped_x0():
     ref_out, ref_path = run(1.0, pixel_space=False)
     torch.testing.assert_close(path, ref_path, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, torch.ones_like(out), atol=1e-4, rtol=0)
+
+
+def test_region_term_with_per_class_weights():
+    """{class: weight}: each pixel counts with its class's weight (eyes 2, nose 1, others 0)."""
+    pred, target = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[:, :4, :4] = 4  # l_eye: a quarter
+    mask[:, 4:, 4:] = 2  # nose: a quarter
+    loss = DiffusionLoss(
+        NoWeighting(), region_weight=1.0, region_classes={"l_eye": 2.0, "nose": 1.0}
+    )
+    out = loss(pred, target, torch.tensor([1.0]), {"mask": mask})
+    assert out["region"].tolist() == pytest.approx([2 * 0.25 + 1 * 0.25])
+    with pytest.raises(ValueError, match="loss.region_classes: weights"):
+        DiffusionLoss(region_classes={"l_eye": -1.0})
+    with pytest.raises(ValueError, match=r"loss.region_classes: unknown \['eyes'\]"):
+        DiffusionLoss(region_classes=["eyes"])
