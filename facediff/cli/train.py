@@ -6,6 +6,7 @@ import logging
 import sys
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from facediff.api import train
@@ -14,14 +15,39 @@ from facediff.lit.training import Interrupted
 log = logging.getLogger("facediff.train")
 
 
+def sweep_value(metrics: dict, name: str) -> float:
+    """The value a sweeper optimises (`sweep_metric`): a logged metric (val/loss) or a column
+    of the evaluation's "samples vs own conditions" row (report/attr_acc, report/miou, ...)."""
+    if name.startswith("report/"):
+        rows = metrics.get("report")
+        if rows is None:
+            raise ValueError(
+                f"sweep_metric={name!r} needs the evaluation: set evaluate_after=true"
+            )
+        own = rows["samples vs own conditions"]
+        key = name.removeprefix("report/")
+        if key not in own or not isinstance(own[key], (int, float)):
+            valid = [f"report/{k}" for k, v in own.items() if isinstance(v, (int, float))]
+            raise ValueError(f"sweep_metric={name!r}: not in the evaluation; one of {valid}")
+        return float(own[key])
+    if name not in metrics:
+        valid = [k for k, v in metrics.items() if isinstance(v, (int, float))]
+        raise ValueError(f"sweep_metric={name!r}: not logged by this run; one of {valid}")
+    return float(metrics[name])
+
+
 @hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.get("threads"):  # one thread per job where sweep jobs run side by side
+        torch.set_num_threads(int(cfg.threads))
     try:
         metrics = train(cfg)
     except Interrupted as e:  # the whole job (a sweep too) stops, with 128 + the signal number
         log.error("%s", e)
         sys.exit(e.exit_code)
-    return metrics.get("val/loss")
+    if cfg.trainer.get("fast_dev_run"):
+        return metrics.get("val/loss")
+    return sweep_value(metrics, cfg.get("sweep_metric") or "val/loss")
 
 
 __all__ = ["main", "train"]

@@ -126,7 +126,7 @@ class LastCheckpoint(L.Callback):
     def save(self, trainer, why: str | None = None) -> None:
         if trainer.fast_dev_run or trainer.global_step == self.saved_step:
             return
-        trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(self.path, weights_only=False)  # all ranks; rank 0 writes
         self.saved_step = trainer.global_step
         if why:
             log.warning(

@@ -54,3 +54,37 @@ def test_study_then_report(data_dir, tmp_path):
     assert all(r[1] == "2/2" for r in rows.values()) and not result["failed"]
     assert rows["conditioner=attr"][result["header"].index("mIoU")] == "-"  # attributes only
     assert "±" in rows["conditioner=multi"][result["header"].index("mIoU")]
+
+
+STUDIES = sorted(
+    p.stem
+    for p in (Path(__file__).parents[2] / "conf" / "study").glob("*.yaml")
+    if p.stem != "cpu_scale"
+)
+
+
+def test_every_study_names_its_grid_and_every_setting_builds():
+    """Each study is a multirun with the protocol after each job; every point of its grid
+    composes and builds its model (the grids are small: build them all)."""
+    import itertools
+
+    from facediff.config import instantiate
+
+    assert {
+        "cviu_table4",
+        "unet_dit",
+        "infonce_seg",
+        "routing_control",
+        "objectives_solvers",
+    } <= set(STUDIES)
+    for study in STUDIES:
+        text = (Path(__file__).parents[2] / "conf" / "study" / f"{study}.yaml").read_text()
+        assert "Paper scale" in text and "GPU-hours" in text, study
+        cfg = compose("train", [f"+study={study}"])
+        assert cfg.evaluate_after and cfg.task_name == study
+        raw = OmegaConf.load(Path(__file__).parents[2] / "conf" / "study" / f"{study}.yaml")
+        grid = {k: str(v).split(",") for k, v in raw.hydra.sweeper.params.items()}
+        keys = [k for k in grid if k != "seed"]
+        for values in itertools.product(*(grid[k] for k in keys)):
+            point = [f"{k}={v}" for k, v in zip(keys, values)]
+            instantiate(compose("train", [f"+study={study}", *point]).model)

@@ -1,0 +1,67 @@
+"""Hydra launchers and sweepers as users run them: joblib (2 parallel single-threaded jobs),
+submitit's local executor (1 job), Optuna (2 trials); each job writes its metrics.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+PROTOCOL = [
+    "evaluation.num_conditions=4", "evaluation.diversity_conditions=0",
+    "evaluation.num_steps=2", "evaluation.kid_subset_size=2",
+    "evaluation.parser_steps=2", "evaluation.classifier_steps=2",
+]  # fmt: skip
+
+
+def multirun(data_dir, tmp_path, *args, timeout=900):
+    overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "facediff.cli.train", "-m", f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}", *overrides, *PROTOCOL, "evaluate_after=true",
+        f"evaluation.evaluators_dir={tmp_path / 'ev'}", "conditioner=multi", *args,
+    ]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return sweep, run
+
+
+def job_metrics(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/evaluation/metrics.json"))]
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_two_single_threaded_jobs(data_dir, tmp_path):
+    sweep, _ = multirun(data_dir, tmp_path, "+launcher=joblib", "seed=0,1")
+    assert len(job_metrics(sweep)) == 2
+    for job in ("0", "1"):
+        cfg = (sweep / job / ".hydra" / "config.yaml").read_text()
+        assert "threads: 1" in cfg
+    assert "joblib" in (sweep / "multirun.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_job(data_dir, tmp_path):
+    sweep, _ = multirun(data_dir, tmp_path, "+launcher=submitit_local", "seed=0")
+    assert len(job_metrics(sweep)) == 1
+    assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit's own bookkeeping
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_runs_two_trials_on_the_fidelity_metric(data_dir, tmp_path):
+    sweep, run = multirun(data_dir, tmp_path, "+search=optuna", "hydra.sweeper.n_trials=2")
+    runs = job_metrics(sweep)
+    assert len(runs) == 2
+    best = (sweep / "optimization_results.yaml").read_text()
+    miou = [r["rows"]["samples vs own conditions"]["miou"] for r in runs]
+    assert "best_value" in best and any(f"{m}"[:6] in best for m in miou)
