@@ -35,7 +35,7 @@ def test_study_then_report(data_dir, tmp_path):
     overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
     sweep = tmp_path / "study"
     protocol = [
-        "evaluation.num_conditions=4", "evaluation.diversity_conditions=0",
+        "evaluation.num_conditions=4", "evaluation.diversity_conditions=0", "evaluation.inception=null",
         "evaluation.num_steps=2", "evaluation.kid_subset_size=2",
         "evaluation.parser_steps=2", "evaluation.classifier_steps=2",
         f"evaluation.evaluators_dir={tmp_path / 'ev'}",

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import TINY
 
 PROTOCOL = [
-    "evaluation.num_conditions=4", "evaluation.diversity_conditions=0",
+    "evaluation.num_conditions=4", "evaluation.diversity_conditions=0", "evaluation.inception=null",
     "evaluation.num_steps=2", "evaluation.kid_subset_size=2",
     "evaluation.parser_steps=2", "evaluation.classifier_steps=2",
 ]  # fmt: skip
