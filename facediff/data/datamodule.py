@@ -31,8 +31,15 @@ def hflip(image: torch.Tensor, mask: torch.Tensor | None):
 class FaceDataset(Dataset):
     """Items of one split. A key is an index into the split or `(index, flip)` from EpochSampler."""
 
-    def __init__(self, data: PreparedDataset, indices: np.ndarray, attr_index: list[int]):
+    def __init__(
+        self,
+        data: PreparedDataset,
+        indices: np.ndarray,
+        attr_index: list[int],
+        latents: np.ndarray | None = None,
+    ):
         self.data, self.indices, self.attr_index = data, np.asarray(indices), attr_index
+        self.latents = latents  # (N, 2, C, h, w): cached first-stage latents, plain and mirrored
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -58,6 +65,8 @@ class FaceDataset(Dataset):
         }
         if mask is not None:
             item["mask"] = mask
+        if self.latents is not None:
+            item["latent"] = torch.from_numpy(np.array(self.latents[i, int(flip)]))
         return item
 
 
@@ -153,6 +162,7 @@ class FaceDataModule(L.LightningDataModule):
             prepare_workers,
         )
         self.data: PreparedDataset | None = None
+        self.latents: np.ndarray | None = None  # set by use_latents (facediff.data.latents)
         self.samplers: dict[str, EpochSampler] = {}
         self._resume_sampler: dict | None = None
 
@@ -214,9 +224,22 @@ class FaceDataModule(L.LightningDataModule):
         self.setup()
         return self.data.has_masks
 
+    def use_latents(self, folder) -> None:
+        """Serve `batch["latent"]` from a cache written by `facediff.data.latents`."""
+        from facediff.data.latents import open_latents
+
+        self.setup()
+        latents = open_latents(folder)
+        if len(latents) != self.data.meta["num_items"]:
+            raise BadInputError(
+                f"{folder}: {len(latents)} latents for the {self.data.meta['num_items']} items "
+                f"of {self.root}"
+            )
+        self.latents = latents
+
     def dataset(self, split: str) -> FaceDataset:
         self.setup()
-        return FaceDataset(self.data, self.data.split(split), self.attr_index)
+        return FaceDataset(self.data, self.data.split(split), self.attr_index, self.latents)
 
     # ------------------------------------------------------------------------------ loaders
     def _loader(self, split: str, train: bool) -> DataLoader:

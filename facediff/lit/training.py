@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from facediff import checkpoint
 from facediff.config import instantiate, register_resolvers, validate
+from facediff.data.latents import cache_latents
 from facediff.lit.callbacks import AtomicCheckpointIO, LastCheckpoint, RunInfo
+from facediff.models.autoencoders import PixelSpace
 from facediff.precision import resolve_precision
 
 log = logging.getLogger("facediff.train")
@@ -93,6 +95,14 @@ def build(cfg: DictConfig, datamodule=None):
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         datamodule.prepare_data()
     datamodule.setup("fit")
+    first_stage = getattr(model, "autoencoder", None)
+    if (
+        (cfg.get("latent") or {}).get("cache")
+        and first_stage is not None
+        and not isinstance(first_stage, PixelSpace)
+    ):
+        # encoded once per data set and autoencoder; training then never runs the encoder
+        datamodule.use_latents(cache_latents(datamodule, first_stage))
     model.data_info = data_info(datamodule, cfg)
     model.build_config = OmegaConf.to_container(cfg, resolve=True)
     return datamodule, model

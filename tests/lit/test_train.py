@@ -11,7 +11,9 @@ from facediff.api import FaceGenerator
 from facediff.cli.train import train
 
 EXPERIMENTS = sorted(
-    p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml")
+    p.stem
+    for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml")
+    if p.stem != "latent64"  # needs its autoencoder first: tests/data/test_latents.py
 )
 
 
