@@ -77,7 +77,7 @@ def data_info(datamodule, cfg: DictConfig) -> dict:
         "has_masks": datamodule.has_masks,
         "mask_classes": list(meta.get("mask_classes", [])),
         "resolution": datamodule.resolution,
-        "root": str(datamodule.root),
+        "root": str(Path(datamodule.root).resolve()),  # absolute: usable from any cwd
         "source": meta.get("source"),
         "content_hash": meta.get("content_hash"),
         "latent_space": latent,
