@@ -16,7 +16,6 @@ with it unchanged:
 
 from __future__ import annotations
 
-import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import (
@@ -29,6 +28,7 @@ from diffusers.models.normalization import AdaLayerNormZero
 from torch import Tensor, nn
 
 from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
+from facediff.models.denoiser import check_patch_size, denoiser_input
 
 POSITIONS = ("sincos", "learned")
 
@@ -92,11 +92,7 @@ class DiT(nn.Module):
     ):
         super().__init__()
         self.vector_schedule = check_vector_schedule(vector_schedule)
-        if patch_size < 1 or sample_size % patch_size:
-            raise ValueError(
-                f"denoiser.patch_size={patch_size}: expected an integer >= 1 dividing "
-                f"denoiser.sample_size={sample_size}"
-            )
+        check_patch_size(patch_size, sample_size)
         if hidden_size % num_heads:
             raise ValueError(
                 f"denoiser.hidden_size={hidden_size} is not divisible by "
@@ -156,12 +152,7 @@ class DiT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, zt: Tensor, t: Tensor, cond: Condition) -> Tensor:
-        x = zt if cond.spatial is None else torch.cat([zt, cond.spatial.to(zt.dtype)], 1)
-        if x.shape[1] != self.in_channels + self.extra_in_channels:
-            raise ValueError(
-                f"denoiser: input has {x.shape[1]} channels, expected in_channels "
-                f"{self.in_channels} + extra_in_channels {self.extra_in_channels}"
-            )
+        x = denoiser_input(zt, cond, self.in_channels, self.extra_in_channels)
         b, _, h, w = x.shape
         x = self.patch_embed(x)  # (B, N, D), sin-cos positions added unless learned
         if self.pos is not None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
+from facediff.models.denoiser import check_patch_size, denoiser_input
 from facediff.models.routing import route
 
 ATTENTION_PATTERNS = ("lowest", "middle", "all")
@@ -80,11 +80,7 @@ class UNet(nn.Module):
         super().__init__()
         block_out_channels = tuple(block_out_channels)
         attention_levels = attention_pattern(attention_levels, len(block_out_channels))
-        if patch_size < 1 or sample_size % patch_size:
-            raise ValueError(
-                f"denoiser.patch_size={patch_size}: expected an integer >= 1 dividing "
-                f"denoiser.sample_size={sample_size}"
-            )
+        check_patch_size(patch_size, sample_size)
         if len(attention_levels) != len(block_out_channels):
             raise ValueError(
                 f"denoiser.attention_levels has {len(attention_levels)} entries, "
@@ -137,12 +133,7 @@ class UNet(nn.Module):
             )
 
     def forward(self, zt: Tensor, t: Tensor, cond: Condition) -> Tensor:
-        x = zt if cond.spatial is None else torch.cat([zt, cond.spatial.to(zt.dtype)], 1)
-        if x.shape[1] != self.in_channels + self.extra_in_channels:
-            raise ValueError(
-                f"denoiser: input has {x.shape[1]} channels, expected in_channels "
-                f"{self.in_channels} + extra_in_channels {self.extra_in_channels}"
-            )
+        x = denoiser_input(zt, cond, self.in_channels, self.extra_in_channels)
         vector = None
         if self.vector_dim:  # the control vector, weighed over the noise level
             t_b = t.expand(len(x)) if t.dim() == 0 else t
