@@ -203,3 +203,17 @@ def test_wandb_falls_back_to_offline(monkeypatch, tmp_path, caplog):
     assert logger._offline
     assert "logging offline instead" in caplog.text
     np.testing.assert_equal(logger._offline, True)
+
+
+def test_sweep_value_reads_a_metric_or_the_evaluation_and_names_what_is_missing():
+    from facediff.cli.train import sweep_value
+
+    metrics = {"val/loss": 0.5, "report": {"samples vs own conditions": {"miou": 0.25, "x": {}}}}
+    assert sweep_value(metrics, "val/loss") == 0.5
+    assert sweep_value(metrics, "report/miou") == 0.25
+    with pytest.raises(ValueError, match=r"sweep_metric='report/fid'.*\['report/miou'\]"):
+        sweep_value(metrics, "report/fid")
+    with pytest.raises(ValueError, match="sweep_metric='val/acc': not logged"):
+        sweep_value(metrics, "val/acc")
+    with pytest.raises(ValueError, match="needs the evaluation: set evaluate_after=true"):
+        sweep_value({"val/loss": 0.5}, "report/miou")

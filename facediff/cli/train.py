@@ -45,9 +45,9 @@ def main(cfg: DictConfig) -> float | None:
     except Interrupted as e:  # the whole job (a sweep too) stops, with 128 + the signal number
         log.error("%s", e)
         sys.exit(e.exit_code)
-    if cfg.trainer.get("fast_dev_run"):
-        return metrics.get("val/loss")
-    return sweep_value(metrics, cfg.get("sweep_metric") or "val/loss")
+    if not cfg.get("sweep_metric") or cfg.trainer.get("fast_dev_run"):
+        return metrics.get("val/loss")  # None where no validation ran
+    return sweep_value(metrics, cfg.sweep_metric)
 
 
 __all__ = ["main", "train"]
