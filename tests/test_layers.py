@@ -17,6 +17,7 @@ LAYERS = {  # lower imports nothing higher
     "lit": 4,
     "evaluation": 5,
     "api": 6,
+    "editing": 6,
     "__init__": 6,
     "cli": 7,
 }

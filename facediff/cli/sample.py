@@ -32,6 +32,9 @@ def sample(cfg: DictConfig) -> Path:
     )
     kwargs = {"num_steps": cfg.num_steps, "eta": cfg.eta, "guidance_scale": gs, "seed": cfg.seed}
     rows = []
+    mode = cfg.get("mode") or "sample"
+    if mode != "sample":
+        return edit(cfg, gen, mode, gs, out)
     if cfg.from_split:
         from facediff.api import datamodule_for
         from facediff.data.batch import condition_batch, repeat_batch
@@ -66,6 +69,41 @@ def sample(cfg: DictConfig) -> Path:
         json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1)
     )
     log.info("wrote %d samples and %s", len(images), path)
+    return path
+
+
+def edit(cfg: DictConfig, gen: FaceGenerator, mode: str, gs, out: Path) -> Path:
+    """facediff-sample mode=swap|attributes|interpolate: one grid of same-noise edits."""
+
+    def plain(x):
+        return OmegaConf.to_container(x) if OmegaConf.is_config(x) else x
+
+    result = gen.edit(
+        mode,
+        attributes=plain(cfg.attributes),
+        mask=cfg.mask,
+        mask_b=cfg.get("mask_b"),
+        parts=plain(cfg.get("parts")),
+        toggle=plain(cfg.get("toggle")),
+        region=plain(cfg.get("region")),
+        attributes_b=plain(cfg.get("attributes_b")),
+        alphas=plain(cfg.get("alphas")),
+        seed=cfg.seed,
+        num_steps=cfg.num_steps,
+        guidance_scale=gs,
+    )
+    if mode == "swap":
+        rows = [[result["original"], result["swapped"], colorize(torch.as_tensor(result["mask"]))]]
+    elif mode == "attributes":
+        rows = [list(pair) for pair in result["images"]]  # a row per attribute: off, on
+    else:
+        rows = [list(result["images"])]
+    path = save_png(grid(rows), out / "grid.png", cfg.upscale)
+    meta = {k: v for k, v in result.items() if k in ("attributes", "alphas")}
+    (out / "sample_config.json").write_text(
+        json.dumps(OmegaConf.to_container(cfg, resolve=True) | meta, indent=1)
+    )
+    log.info("wrote the %s edit grid %s", mode, path)
     return path
 
 

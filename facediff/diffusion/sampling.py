@@ -153,9 +153,13 @@ class Sampler:
         drop: dict | None = None,
         pixel_space: bool = False,
         progress: bool = False,
+        shared_noise: bool = False,
+        step_callback: Callable | None = None,
     ) -> Tensor:
         """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`; conditions named
-        True in `drop` are replaced by their null embedding at every guidance level."""
+        True in `drop` are replaced by their null embedding at every guidance level.
+        `shared_noise`: every sample starts from the same noise (editing); `step_callback(i,
+        t, zt) -> zt` sees (and may replace) the latent after each step."""
         check_sampling_options(num_steps, eta, guidance_scale)
         clip = pixel_space if self.clip_sample is None else self.clip_sample
         options = dict(self.scheduler_options)
@@ -178,7 +182,11 @@ class Sampler:
         levels, coef = guidance_levels(names, gs)
         levels = [level | {n: True for n in dropped} for level in levels]
         device = next(conditioner.parameters()).device
-        zt = torch.randn(shape, generator=generator, device="cpu").to(device)
+        if shared_noise:
+            zt = torch.randn((1, *shape[1:]), generator=generator).expand(shape).clone()
+        else:
+            zt = torch.randn(shape, generator=generator, device="cpu")
+        zt = zt.to(device)
         zt = zt * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at 1
         scale = getattr(scheduler, "scale_model_input", lambda z, t: z)
         cond = Condition.cat([conditioner(batch, drop=d, spatial_size=shape[-2:]) for d in levels])
@@ -187,11 +195,13 @@ class Sampler:
             from tqdm.auto import tqdm
 
             timesteps = tqdm(timesteps, desc="sampling", leave=False)
-        for t in timesteps:  # 1. predict every guidance level at once, 2. combine, 3. step
+        for i, t in enumerate(timesteps):  # 1. predict every level at once, 2. combine, 3. step
             x = scale(zt, t).repeat(len(levels), 1, 1, 1)
             eps = denoise(x, t.expand(len(x)).to(device), cond).float().chunk(len(levels))
             guided = sum(c * e for c, e in zip(coef, eps))
             zt = scheduler.step(guided, t, zt, **step_kwargs).prev_sample
+            if step_callback is not None:
+                zt = step_callback(i, t, zt)
         return zt
 
 

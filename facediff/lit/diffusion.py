@@ -328,10 +328,16 @@ class LatentDiffusion(L.LightningModule):
     # ---------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def generate(
-        self, batch: dict, seed: int = 0, drop: dict | None = None, **sampler_kwargs
+        self,
+        batch: dict,
+        seed: int = 0,
+        drop: dict | None = None,
+        conditioner=None,
+        **sampler_kwargs,
     ) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; use
-        `with model.ema_weights():` or `facediff.api.FaceGenerator` for the EMA weights)."""
+        `with model.ema_weights():` or `facediff.api.FaceGenerator` for the EMA weights);
+        `conditioner` replaces the model's for this call (editing's interpolation)."""
         self.check_sampler(self.sampler)
         b = len(batch[next(iter(batch))])
         h = self.autoencoder.latent_size(self.image_size)
@@ -341,7 +347,7 @@ class LatentDiffusion(L.LightningModule):
         pixel_space = isinstance(self.autoencoder, PixelSpace)
         z0 = self.sampler(
             self.denoiser,
-            self.conditioner,
+            self.conditioner if conditioner is None else conditioner,
             batch,
             shape,
             self.noise_scheduler.config,
