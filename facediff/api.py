@@ -47,14 +47,22 @@ def train(cfg, datamodule=None) -> dict:
     """Train a composed config (`facediff.config.compose("train", [...])`), then, with
     `evaluate_after=true`, run the evaluation protocol on the final model; returns the final
     metrics (and the report's rows under "report"). facediff-train is this function."""
-    from facediff.lit.training import fit
+    from facediff.lit.training import finish_wandb, fit
 
-    result = fit(cfg, datamodule)
+    evaluate = bool(cfg.get("evaluate_after")) and not cfg.trainer.get("fast_dev_run")
+    result = fit(cfg, datamodule, keep_wandb_open=evaluate)
     metrics = result.metrics
-    if cfg.get("evaluate_after") and not result.trainer.fast_dev_run:
+    if evaluate:
         from facediff.evaluation.report import evaluate_after
 
-        metrics["report"] = evaluate_after(cfg, result.model, result.datamodule, result.trainer)
+        ok = False
+        try:  # the table goes to the run's own W&B run, which then ends
+            metrics["report"] = evaluate_after(
+                cfg, result.model, result.datamodule, result.trainer
+            )
+            ok = True
+        finally:
+            finish_wandb(result.trainer, ok)
     return metrics
 
 

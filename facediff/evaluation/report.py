@@ -455,6 +455,7 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
     protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
     out = Path(cfg.paths.output_dir) / "evaluation"
     report, table = evaluate_model(model, datamodule, protocol, out, training_precision(cfg))
+    log_table_to_loggers(trainer, report["rows"], trainer.global_step)
     gen = report["generated"]
     print(
         f"\nevaluation of {report['num_samples']} samples at step {trainer.global_step} (EMA "
@@ -463,6 +464,40 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
         + "".join(f"  {k}: {v}\n" for k, v in report["extractors"].items())
     )
     return report["rows"]
+
+
+def log_table_to_loggers(trainer, rows: dict, step: int) -> None:
+    """The evaluation table as a wandb.Table ("evaluation/table") in the run's W&B run, and its
+    numbers as evaluation/<row>/<column> for W&B's summary and the other loggers."""
+    columns = [
+        "fid",
+        "kid",
+        "fid_domain",
+        "kid_domain",
+        "attr_acc",
+        "mask_acc",
+        "miou",
+        "diversity",
+    ]
+    flat = {}
+    for name, row in rows.items():
+        key = name.split(" (")[0].replace(" ", "_")
+        flat |= {
+            f"evaluation/{key}/{c}": float(row[c])
+            for c in columns
+            if isinstance(row.get(c), (int, float))
+        }
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            data = [
+                [name]
+                + [row.get(c) if isinstance(row.get(c), (int, float)) else None for c in columns]
+                for name, row in rows.items()
+            ]
+            lg.log_table("evaluation/table", columns=["row", *columns], data=data, step=step)
+        if flat:
+            lg.log_metrics(flat, step=step)
+        lg.save()
 
 
 def training_precision(config) -> dict:

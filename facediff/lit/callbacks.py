@@ -78,9 +78,24 @@ class SampleGrid(L.Callback):
         )
         for lg in trainer.loggers:
             if isinstance(lg, L.pytorch.loggers.WandbLogger):
-                lg.log_image("samples", [str(path)], step=trainer.global_step)
+                caption = grid_caption(cond, trainer.datamodule.attr_names, k)
+                lg.log_image("samples", [str(path)], step=trainer.global_step, caption=[caption])
         log.info("sample grid: %s", path)
         return path
+
+
+def grid_caption(cond: dict, attr_names: list[str], k: int) -> str:
+    """What each row of a sample grid was conditioned on, for the W&B caption."""
+    rows = []
+    for i in range(len(cond["attrs"])):
+        on = [
+            n
+            for n, v, known in zip(attr_names, cond["attrs"][i], cond["attrs_known"][i])
+            if known and v > 0
+        ]
+        rows.append(f"row {i + 1}: {', '.join(on) or 'no attribute present'}")
+    head = "real image" + (", its mask" if "mask" in cond else "") + f", {k} samples per row"
+    return head + " | " + " | ".join(rows)
 
 
 class LastCheckpoint(L.Callback):

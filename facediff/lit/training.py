@@ -184,9 +184,20 @@ def ddp_ranks_join_this_job():
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK")
 
 
-def fit(cfg: DictConfig, datamodule=None) -> FitResult:
+def finish_wandb(trainer, ok: bool = True) -> None:
+    """End the W&B run of a trainer's WandbLogger (its files are complete after this)."""
+    for lg in trainer.loggers:
+        if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish(exit_code=0 if ok else 1)
+
+
+def fit(cfg: DictConfig, datamodule=None, keep_wandb_open: bool = False) -> FitResult:
     """Train as configured (on `datamodule` instead of cfg.data when given). Raises
-    Interrupted after SIGINT/SIGTERM (the last checkpoint written first)."""
+    Interrupted after SIGINT/SIGTERM (the last checkpoint written first). With
+    `keep_wandb_open` a run that finished leaves its W&B run open for the evaluation to log
+    into (the caller then calls `finish_wandb`)."""
     register_resolvers()
     validate(cfg)  # unknown option names and wrong types, before anything is built
     L.seed_everything(cfg.seed, workers=True)
@@ -231,11 +242,9 @@ def fit(cfg: DictConfig, datamodule=None) -> FitResult:
     except SIGTERMException:  # raised between steps; LastCheckpoint has saved that step
         pass
     finally:
-        for lg in trainer.loggers:
-            if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
-                import wandb
-
-                wandb.finish(exit_code=0 if trainer.state.status.value == "finished" else 1)
+        finished = trainer.state.status.value == "finished"
+        if not (keep_wandb_open and finished and not trainer.received_sigterm):
+            finish_wandb(trainer, finished)
     for cb in callbacks:
         if isinstance(cb, LastCheckpoint) and cb.interrupted(trainer):
             raise Interrupted(cb.interrupted(trainer), trainer.global_step, cb.path)
