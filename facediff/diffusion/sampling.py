@@ -95,8 +95,9 @@ class Sampler:
             says the samples live in pixel space (`pixel_space=True`); never in a latent space,
             whose values are not bounded (a pitfall of public face LDMs). Schedulers with
             `clip_sample` (DDPM, DDIM) clip; those with `thresholding` (DPM-Solver++, UniPC) get
-            thresholding with sample_max_value=1, which clamps x0 to [-1, 1] exactly; others
-            (Euler) cannot clip and run unclipped.
+            thresholding with sample_max_value=1, which clamps x0 to [-1, 1] exactly; for the
+            others (Euler, flow Euler: x0 = z - sigma * output) facediff clamps x0 and
+            re-derives the output from it before the step.
         scheduler_options: more keyword arguments for the scheduler (e.g. DPM-Solver++:
             {algorithm_type: dpmsolver++, solver_order: 2}).
     """
@@ -113,12 +114,15 @@ class Sampler:
         check_sampling_options(num_steps, eta, guidance_scale)
         self.scheduler_options = dict(scheduler_options or {})
         init = inspect.signature(scheduler.__init__).parameters
+        # how x0 is clipped: the scheduler's own clip_sample (DDPM, DDIM) or thresholding
+        # (DPM-Solver++, UniPC); otherwise ("rederive": Euler, flow Euler, sigma-space schedulers)
+        # facediff clips x0 = z - sigma * output itself and re-derives the output from it
         self._clip_kind = (
             "clip_sample"
             if "clip_sample" in init
             else "thresholding"
             if "thresholding" in init
-            else None
+            else "rederive"
         )
         self.scheduler_cls, self.num_steps, self.eta = scheduler, num_steps, eta
         self.clip_sample = clip_sample
@@ -162,6 +166,13 @@ class Sampler:
         t, zt) -> zt` sees (and may replace) the latent after each step."""
         check_sampling_options(num_steps, eta, guidance_scale)
         clip = pixel_space if self.clip_sample is None else self.clip_sample
+        rederive = clip and self._clip_kind == "rederive"
+        if rederive and train_config.get("prediction_type", "flow") not in ("epsilon", "flow"):
+            raise ValueError(
+                f"sampler: {self.scheduler_cls.__name__} clips x0 in pixel space only for "
+                "epsilon and flow models; use ddim, dpmpp_2m or unipc for a "
+                f"{train_config.get('prediction_type')} model (or clip_sample=false)"
+            )
         options = dict(self.scheduler_options)
         if self._clip_kind == "clip_sample":
             options["clip_sample"] = clip
@@ -199,6 +210,10 @@ class Sampler:
             x = scale(zt, t).repeat(len(levels), 1, 1, 1)
             eps = denoise(x, t.expand(len(x)).to(device), cond).float().chunk(len(levels))
             guided = sum(c * e for c, e in zip(coef, eps))
+            if rederive:  # x0 = z - sigma * output for eps (sigma space) and flow alike
+                sigma = scheduler.sigmas[i].to(zt.device, zt.dtype)
+                x0 = (zt - sigma * guided).clamp(-1, 1)
+                guided = (zt - x0) / sigma
             zt = scheduler.step(guided, t, zt, **step_kwargs).prev_sample
             if step_callback is not None:
                 zt = step_callback(i, t, zt)

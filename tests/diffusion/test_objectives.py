@@ -176,3 +176,45 @@ def test_flow_sampler_on_a_diffusion_model_is_refused(make_cfg):
     cfg = make_cfg("sampler=flow_euler")
     with pytest.raises(ValueError, match="trained as a diffusion model"):
         instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("solver", ["euler", "flow_euler"])
+def test_euler_with_pixel_clipping_follows_the_clipped_x0(solver):
+    """Euler and flow Euler have no clip option: facediff clamps x0 = z - sigma * output and
+    re-derives the output, so an oracle for an out-of-range point (1.5) takes exactly the path
+    of the oracle for the clipped point (1.0)."""
+    from diffusers import EulerDiscreteScheduler
+
+    flow = solver == "flow_euler"
+    cls = FlowMatchEulerDiscreteScheduler if flow else EulerDiscreteScheduler
+    config = (
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000).config if flow else SCHED.config
+    )
+    options = {} if flow else {"timestep_spacing": "trailing"}
+
+    def run(point, pixel_space):
+        seen = []
+
+        def oracle(x, t, cond):
+            seen.append(x.clone())
+            if flow:  # v = (z - x0) / sigma for data that is one point
+                return (x - point) / (t / 1000).view(-1, 1, 1, 1)
+            # eps from the scaled input x = (x0 + sigma eps) / sqrt(sigma^2 + 1)
+            sigma = oracle.sigmas[len(seen) - 1]
+            return (x * (sigma**2 + 1).sqrt() - point) / sigma
+
+        sched = cls.from_config(config, **options)
+        sched.set_timesteps(8)
+        oracle.sigmas = sched.sigmas
+        out = Sampler(cls, num_steps=8, scheduler_options=options)(
+            oracle, Conditioner({}, dim=4), {"x": torch.zeros(1)}, (1, 3, 4, 4), config,
+            torch.Generator().manual_seed(0), pixel_space=pixel_space,
+        )  # fmt: skip
+        return out, torch.stack(seen)
+
+    out, path = run(1.5, pixel_space=True)
+    ref_out, ref_path = run(1.0, pixel_space=False)
+    torch.testing.assert_close(path, ref_path, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, torch.ones_like(out), atol=1e-3, rtol=0)
+    unclipped, _ = run(1.5, pixel_space=False)
+    assert unclipped.mean() > 1.4  # without clipping it lands on the out-of-range point
