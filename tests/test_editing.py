@@ -91,6 +91,7 @@ def test_edits_use_the_same_noise(generator):
         gen.edit("blend")
 
 
+@pytest.mark.slow
 def test_edit_cli_and_notebook(generator, tmp_path, monkeypatch):
     from PIL import Image
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from facediff.cli.report import main as report_main
@@ -31,6 +32,7 @@ def test_the_study_config_is_a_grid_with_the_evaluation_after_each_job():
         compose("train", ["+study=cviu_table4", f"conditioner={conditioner}", "loss=plain"])
 
 
+@pytest.mark.slow
 def test_study_then_report(data_dir, tmp_path):
     overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
     sweep = tmp_path / "study"
@@ -63,6 +65,7 @@ STUDIES = sorted(
 )
 
 
+@pytest.mark.slow
 def test_every_study_names_its_grid_and_every_setting_builds():
     """Each study is a multirun with the protocol after each job; every point of its grid
     composes and builds its model (the grids are small: build them all)."""
