@@ -171,9 +171,17 @@ def test_bench_prints_side_by_side_figures(tmp_path, data_dir):
             "bench.loader_items=4",
             "bench.train_steps=1",
             "bench.checkpoint_mb=1",
+            "bench.denoiser_steps=1",
+            "bench.denoiser_sets=[{resolution: 16, batch: 2, base: [],"
+            " options: ['denoiser=unet_small', 'denoiser=dit_tiny']}]",
         ],
     )
     out = bench(cfg)
+    assert [r["denoiser"] for r in out["denoisers"]] == [
+        "denoiser=unet_small",
+        "denoiser=dit_tiny",
+    ]
+    assert all(r["params_M"] > 0 and r["steps_s"] > 0 for r in out["denoisers"])
     assert (
         out["loader"][0]["prepared_samples_s"] > 0 and out["loader"][0]["png_decode_samples_s"] > 0
     )

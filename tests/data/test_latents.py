@@ -51,7 +51,10 @@ def test_latent64_trains_on_cached_latents_without_the_encoder(make_cfg, tmp_pat
     assert (folder / "latents.npy").stat().st_mtime_ns == mtime
 
     # a cache that does not match its data set is named, not trusted
-    meta["content_hash"] = "0" * 64
-    (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"latents/.*/meta.json: content_hash is"):
-        train(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'third'}"))
+    good = (folder / "meta.json").read_text()
+    (folder / "meta.json").write_text(json.dumps(meta | {"content_hash": "0" * 64}))
+    try:
+        with pytest.raises(ValueError, match=r"latents/.*/meta.json: content_hash is"):
+            train(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'third'}"))
+    finally:  # the data folder is the session's: leave the cache as it was
+        (folder / "meta.json").write_text(good)
