@@ -55,6 +55,7 @@ def close(x, y):  # uint8 images from batches of other sizes: equal up to roundi
     return np.abs(x.astype(int) - y.astype(int)).max() <= 2
 
 
+@pytest.mark.slow
 def test_edits_use_the_same_noise(generator):
     gen, _ = generator
     a, b = masks()

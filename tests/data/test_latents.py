@@ -12,6 +12,7 @@ from facediff.cli.train import train
 from facediff.models.autoencoders import DiffusersAutoencoder
 
 
+@pytest.mark.slow
 def test_latent64_trains_on_cached_latents_without_the_encoder(make_cfg, tmp_path, monkeypatch):
     ae_dir = tmp_path / "ae"
     train(make_cfg("experiment=autoencoder", "trainer.max_steps=2", f"model.output_dir={ae_dir}"))
