@@ -20,11 +20,11 @@ from facediff.data.labels import NUM_MASK_CLASSES
 from facediff.lit.diffusion import LatentDiffusion
 
 
-def load_checkpoint(path, trust_pickle: bool = False) -> dict:
+def load_checkpoint(path) -> dict:
     """A facediff-train checkpoint, verified (CRC of every record) and loaded without running
-    code (`facediff.checkpoint.load`; `trust_pickle=True` only for a file you trust)."""
+    code (`facediff.checkpoint.load`)."""
     path = Path(path).expanduser()
-    ckpt = checkpoint.load(path, "a facediff-train checkpoint", trust_pickle=trust_pickle)
+    ckpt = checkpoint.load(path, "a facediff-train checkpoint")
     if not (ckpt.get("facediff") or {}).get("config"):
         raise ValueError(f"{path}: not a facediff-train checkpoint (no 'facediff' config in it)")
     return ckpt

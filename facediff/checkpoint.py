@@ -8,8 +8,8 @@ sampling, evaluation, the cached evaluators, the W&B run id) goes through `load`
    changed after the save (a bad copy, a disk error, an edit) fail with the record named
    (about 0.1 s per 100 MB, `make bench` prints the figure);
 3. `torch.load(weights_only=True)`: tensors and plain containers only, so a pickle that would
-   call `os.system` is refused instead of run. `trust_pickle=True` lifts that for a file whose
-   author you trust (an old file from before this rule), and only through the Python API.
+   call `os.system` is refused instead of run. facediff has no way round this: a file that is
+   refused must be converted by whoever trusts it, outside facediff.
 """
 
 from __future__ import annotations
@@ -110,27 +110,25 @@ def verify(path) -> None:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
 
 
-def load(path, what: str = "a checkpoint", trust_pickle: bool = False) -> dict:
+def load(path, what: str = "a checkpoint") -> dict:
     """The verified contents of a checkpoint file, loaded on the CPU without running code.
 
     Args:
         path: the file.
         what: what the caller expects, for the messages ("a facediff-train checkpoint").
-        trust_pickle: allow arbitrary pickled objects (runs code from the file: only for a
-            file you or someone you trust wrote). Never set by a command-line tool.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint ({what} expected)")
     verify(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: it holds pickled objects other than tensors and plain containers, "
-            "which could run code when loaded (torch weights_only). facediff writes none; if the "
-            "file is yours and you trust it, load it in Python with trust_pickle=True "
-            f"(facediff.checkpoint.load) and save it again. Detail: {str(e).splitlines()[0]}"
+            "which could run code when loaded (torch weights_only). facediff writes none and loads "
+            "none; if you wrote the file and trust it, convert it outside facediff to tensors "
+            f"and plain containers. Detail: {str(e).splitlines()[0]}"
         ) from None
     except (RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path}: unreadable as {what} ({type(e).__name__}: {e})") from e

@@ -706,7 +706,7 @@ def test_a_malicious_checkpoint_never_runs(entry, tmp_path, make_cfg, trained, m
     with pytest.raises(ValueError, match=r"(evil|face_parser)\.ckpt: refused: it holds pickled"):
         ENTRY_POINTS[entry](t, path)
     assert not (tmp_path / "PWNED").exists()
-    # the same file, loaded by someone who says they trust it, does run the payload: the
-    # refusal above is what stood between it and the user
-    checkpoint.load(path, trust_pickle=True)
+    # the same file, unpickled without weights_only, does run the payload: the refusal above
+    # is what stood between it and the user
+    torch.load(path, map_location="cpu", weights_only=False)
     assert (tmp_path / "PWNED").exists()
