@@ -86,12 +86,9 @@ class MinSNRWeighting(nn.Module):
 
 def loss_weight(weighting: nn.Module, snr: Tensor, prediction_type: str) -> Tensor:
     """The weighting's w(t) on the model's own target."""
+    factor = target_factor(snr, prediction_type)  # also rejects an unknown prediction type
     w = weighting(snr)
-    if getattr(weighting, "eps_space", True):
-        w = w * target_factor(snr, prediction_type)
-    elif prediction_type not in PREDICTION_TYPES:
-        target_factor(snr, prediction_type)  # the error naming it
-    return w
+    return w * factor if getattr(weighting, "eps_space", True) else w
 
 
 class DiffusionLoss(nn.Module):

@@ -469,16 +469,7 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
 def log_table_to_loggers(trainer, rows: dict, step: int) -> None:
     """The evaluation table as a wandb.Table ("evaluation/table") in the run's W&B run, and its
     numbers as evaluation/<row>/<column> for W&B's summary and the other loggers."""
-    columns = [
-        "fid",
-        "kid",
-        "fid_domain",
-        "kid_domain",
-        "attr_acc",
-        "mask_acc",
-        "miou",
-        "diversity",
-    ]
+    columns = [c[0] for c in COLUMNS]  # the printed table's columns
     flat = {}
     for name, row in rows.items():
         key = name.split(" (")[0].replace(" ", "_")
