@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from facediff import checkpoint
+from facediff.conditions import label_map, values_batch
 from facediff.config import instantiate, register_resolvers
-from facediff.data.labels import NUM_MASK_CLASSES
 from facediff.lit.diffusion import LatentDiffusion
 
 
@@ -98,7 +97,8 @@ class FaceGenerator:
         num_samples: int = 1,
         resize_mask: bool = False,
     ) -> dict:
-        """The batch dict for one condition repeated `num_samples` times.
+        """The batch dict for one condition repeated `num_samples` times
+        (`facediff.conditions.values_batch`).
 
         Args:
             attributes: {name: value}: 1 or True present; 0, -1 (CelebA's notation) or False
@@ -106,65 +106,9 @@ class FaceGenerator:
             mask: label map (H, W) of integers 0..18 as an array, tensor or PNG path, at the
                 model's resolution (or any size with `resize_mask=True`: nearest neighbour).
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples={num_samples!r}: expected an integer >= 1")
-        n, a = num_samples, len(self.attr_names)
-        attrs, known = torch.zeros(n, a), torch.zeros(n, a, dtype=torch.bool)
-        for name, value in (attributes or {}).items():
-            if name not in self.attr_names:
-                raise ValueError(
-                    f"attributes: unknown name {name!r}; the model knows {self.attr_names}"
-                )
-            if value is None:  # unknown, as if not given
-                continue
-            if not isinstance(value, (bool, int, float)) or value not in (-1, 0, 1):
-                raise ValueError(
-                    f"attributes[{name!r}]={value!r}: expected 1 or True (present), 0, -1 or "
-                    "False (absent), or None (unknown)"
-                )
-            k = self.attr_names.index(name)
-            attrs[:, k], known[:, k] = float(value > 0), True
-        res = self.model.image_size
-        batch = {"attrs": attrs, "attrs_known": known, "control": torch.zeros(n, 7)}
-        batch["control"][:, 3:5] = 1.0  # full crop box, as prepared data has
-        if mask is not None:
-            m = self._mask(mask, res, resize_mask)
-            batch["mask"] = m.expand(n, -1, -1).clone()
-        else:
-            batch["mask"] = torch.zeros(n, res, res, dtype=torch.long)
-        return batch
-
-    @staticmethod
-    def _mask(mask, res: int, resize: bool) -> torch.Tensor:
-        where = f"mask={mask}" if isinstance(mask, (str, Path)) else "mask"
-        if isinstance(mask, (str, Path)):
-            try:
-                with Image.open(mask) as im:
-                    mask = np.asarray(im)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{where}: not a readable PNG label map ({e})") from None
-        m = torch.as_tensor(np.asarray(mask))
-        if m.dim() != 2:
-            raise ValueError(f"{where}: expected a (H, W) label map, got shape {tuple(m.shape)}")
-        if m.dtype.is_floating_point:
-            if not torch.isfinite(m).all() or not torch.equal(m, m.round()):
-                raise ValueError(f"{where}: labels must be integers 0..{NUM_MASK_CLASSES - 1}")
-        elif m.dtype == torch.bool:
-            raise ValueError(f"{where}: a boolean array, expected integer labels")
-        if m.min() < 0 or m.max() >= NUM_MASK_CLASSES:
-            raise ValueError(
-                f"{where}: labels {int(m.min())}..{int(m.max())}, expected 0..{NUM_MASK_CLASSES - 1}"
-            )
-        m = m.long()
-        if m.shape != (res, res):
-            if not resize:
-                raise ValueError(
-                    f"{where}: {m.shape[0]}x{m.shape[1]}, the model is {res}x{res}; pass a mask "
-                    "of that size, or resize_mask=True to resize it (nearest neighbour)"
-                )
-            img = Image.fromarray(m.numpy().astype(np.uint8)).resize((res, res), Image.NEAREST)
-            m = torch.as_tensor(np.asarray(img)).long()
-        return m
+        return values_batch(
+            self.attr_names, self.model.image_size, attributes, mask, num_samples, resize_mask
+        )
 
     @torch.no_grad()
     def edit(
@@ -209,8 +153,8 @@ class FaceGenerator:
             if mask is None or mask_b is None or parts is None:
                 raise ValueError("edit(mode='swap'): give mask, mask_b and parts")
             res = self.model.image_size
-            a = self._mask(mask, res, resize_mask)
-            b = self._mask(mask_b, res, resize_mask)
+            a = label_map(mask, res, resize_mask)
+            b = label_map(mask_b, res, resize_mask)
             swapped = editing.swap_parts(a, b, parts)
             batch = self.batch(attributes, a, 2, resize_mask)
             batch["mask"][1] = swapped

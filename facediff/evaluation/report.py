@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from facediff import checkpoint
 from facediff.data.batch import condition_batch, repeat_batch, to_device
-from facediff.diffusion.sampling import sampler_option
+from facediff.diffusion.solvers import sampler_option
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.generated import read_generated, write_generated
 from facediff.evaluation.metrics import (

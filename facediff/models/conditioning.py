@@ -201,7 +201,9 @@ class SegFormerMaskEncoder(ConditionEncoder):
     public use pooled them and lost the layout). `pretrained`: a local folder or hub name of a
     SegformerModel whose first layer takes `num_classes` channels; None: random init.
     `sr_ratios`: attention reduction per stage; (8, 4, 2, 1) suits 256 px masks, use ones for
-    masks of 64 px or less (a stage's feature map must be at least its ratio wide)."""
+    masks of 64 px or less (a stage's feature map must be at least its ratio wide). `config`: a
+    SegformerConfig as a dict, which overrides the sizes (facediff-export writes the pretrained
+    model's there, so the exported encoder rebuilds without the pretrained folder)."""
 
     requires = ("mask",)
 
@@ -214,9 +216,12 @@ class SegFormerMaskEncoder(ConditionEncoder):
         pretrained: str | None = None,
         num_classes: int = NUM_MASK_CLASSES,
         dropout: float = 0.1,
+        config: dict | None = None,
     ):
         super().__init__(dropout)
-        if pretrained:
+        if config is not None:
+            self.segformer = SegformerModel(SegformerConfig.from_dict(config))
+        elif pretrained:
             from facediff.models.autoencoders import from_pretrained
 
             self.segformer = from_pretrained(SegformerModel, pretrained, "conditioner.pretrained")

@@ -17,7 +17,8 @@ from facediff.diffusion.losses import (
     snr_from_alphas,
     snr_from_flow_t,
 )
-from facediff.diffusion.sampling import Sampler, sampler_option
+from facediff.diffusion.sampling import Sampler
+from facediff.diffusion.solvers import sampler_option
 from facediff.models.conditioning import Conditioner
 
 SCHED = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)

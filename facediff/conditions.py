@@ -1,0 +1,90 @@
+"""Conditions given as Python values (attribute dicts, label maps) turned into the batch dict
+the conditioner reads. Shared by `facediff.api.FaceGenerator`, the interactive app and the
+exported diffusers pipeline (which ships this file, so it imports nothing of facediff but the
+label vocabulary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from facediff.data.labels import NUM_MASK_CLASSES
+
+CONTROL_DIM = 7  # flip, crop box (x0, y0, x1, y1), yaw, pitch: see facediff.data
+
+
+def label_map(mask, res: int, resize: bool = False) -> torch.Tensor:
+    """A (res, res) long tensor of labels 0..18 from an array, tensor or PNG path; any other size
+    only with `resize=True` (nearest neighbour). Errors name the input and what was expected."""
+    where = f"mask={mask}" if isinstance(mask, (str, Path)) else "mask"
+    if isinstance(mask, (str, Path)):
+        try:
+            with Image.open(mask) as im:
+                mask = np.asarray(im)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where}: not a readable PNG label map ({e})") from None
+    m = torch.as_tensor(np.asarray(mask))
+    if m.dim() != 2:
+        raise ValueError(f"{where}: expected a (H, W) label map, got shape {tuple(m.shape)}")
+    if m.dtype.is_floating_point:
+        if not torch.isfinite(m).all() or not torch.equal(m, m.round()):
+            raise ValueError(f"{where}: labels must be integers 0..{NUM_MASK_CLASSES - 1}")
+    elif m.dtype == torch.bool:
+        raise ValueError(f"{where}: a boolean array, expected integer labels")
+    if m.min() < 0 or m.max() >= NUM_MASK_CLASSES:
+        raise ValueError(
+            f"{where}: labels {int(m.min())}..{int(m.max())}, expected 0..{NUM_MASK_CLASSES - 1}"
+        )
+    m = m.long()
+    if m.shape != (res, res):
+        if not resize:
+            raise ValueError(
+                f"{where}: {m.shape[0]}x{m.shape[1]}, the model is {res}x{res}; pass a mask "
+                "of that size, or resize_mask=True to resize it (nearest neighbour)"
+            )
+        img = Image.fromarray(m.numpy().astype(np.uint8)).resize((res, res), Image.NEAREST)
+        m = torch.as_tensor(np.asarray(img)).long()
+    return m
+
+
+def values_batch(
+    attr_names: list[str],
+    res: int,
+    attributes: dict | None = None,
+    mask=None,
+    num_samples: int = 1,
+    resize_mask: bool = False,
+) -> dict:
+    """The batch dict for one condition repeated `num_samples` times.
+
+    attributes: {name: value}: 1 or True present; 0, -1 (CelebA's notation) or False absent;
+        None, or a name not given, unknown.
+    mask: label map (H, W) of integers 0..18 (`label_map`); None: all background (and the
+        caller drops the mask condition).
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}: expected an integer >= 1")
+    n, a = num_samples, len(attr_names)
+    attrs, known = torch.zeros(n, a), torch.zeros(n, a, dtype=torch.bool)
+    for name, value in (attributes or {}).items():
+        if name not in attr_names:
+            raise ValueError(f"attributes: unknown name {name!r}; the model knows {attr_names}")
+        if value is None:  # unknown, as if not given
+            continue
+        if not isinstance(value, (bool, int, float)) or value not in (-1, 0, 1):
+            raise ValueError(
+                f"attributes[{name!r}]={value!r}: expected 1 or True (present), 0, -1 or "
+                "False (absent), or None (unknown)"
+            )
+        k = attr_names.index(name)
+        attrs[:, k], known[:, k] = float(value > 0), True
+    batch = {"attrs": attrs, "attrs_known": known, "control": torch.zeros(n, CONTROL_DIM)}
+    batch["control"][:, 3:5] = 1.0  # full crop box, as prepared data has
+    if mask is not None:
+        batch["mask"] = label_map(mask, res, resize_mask).expand(n, -1, -1).clone()
+    else:
+        batch["mask"] = torch.zeros(n, res, res, dtype=torch.long)
+    return batch
