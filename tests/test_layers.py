@@ -21,6 +21,7 @@ LAYERS = {  # lower imports nothing higher
     "api": 6,
     "editing": 6,
     "export": 6,
+    "app": 6,
     "__init__": 6,
     "cli": 7,
 }
