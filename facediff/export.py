@@ -152,10 +152,13 @@ def export(ckpt_path, out, use_ema: bool = True, overwrite: bool = False) -> Pat
                 "refusing to replace it"
             )
     ckpt = load_checkpoint(ckpt_path)
-    pipe = build_pipeline(ckpt, use_ema)
-    sources = shipped_sources()
+    target = str(ckpt["facediff"]["config"]["model"]["denoiser"].get("_target_", ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    if target.endswith("StableDiffusionUNet"):  # experiment=lora_sd2: the adapters alone
+        return _export_lora(ckpt, ckpt_path, use_ema, tmp, out)
+    pipe = build_pipeline(ckpt, use_ema)
+    sources = shipped_sources()
     try:
         pipe.save_pretrained(tmp)
         index = json.loads((tmp / "model_index.json").read_text())
@@ -179,9 +182,69 @@ def export(ckpt_path, out, use_ema: bool = True, overwrite: bool = False) -> Pat
                 first=attrs[0] if attrs else "Smiling",
             )
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+LORA_CARD = """# facediff LoRA for Stable Diffusion 2
+
+Exported by `facediff-export` from `{ckpt}` ({steps} training steps, {weights} weights): LoRA
+adapters on the UNet's attention (diffusers' format), trained with the attributes written as a
+prompt, e.g. "{example}".
+
+```python
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{pretrained}")
+pipe.load_lora_weights("{out}")
+image = pipe("{example}", guidance_scale={gs}).images[0]
+```
+"""
+
+
+def _export_lora(ckpt: dict, ckpt_path, use_ema: bool, tmp: Path, out: Path) -> Path:
+    """A lora_sd2 checkpoint: its adapters in diffusers' LoRA format (no code to ship: a stock
+    StableDiffusionPipeline reads them with load_lora_weights)."""
+    import torch
+
+    from facediff.api import model_from_checkpoint
+    from facediff.models.sd import save_lora
+
+    try:
+        model = model_from_checkpoint(ckpt, use_ema)
+        save_lora(model.denoiser, tmp)
+        enc = model.conditioner.encoders["attrs"]
+        names = enc.attributes[:2]
+        example = enc.prompts(
+            {
+                "attrs": torch.ones(1, len(enc.attributes)),
+                "attrs_known": torch.zeros(1, len(enc.attributes), dtype=torch.bool).index_fill_(
+                    1, torch.arange(len(names)), True
+                ),
+            }
+        )[0]
+        gs = model.sampler.guidance_scale
+        (tmp / "README.md").write_text(
+            LORA_CARD.format(
+                ckpt=Path(ckpt_path).name,
+                steps=ckpt.get("global_step", "?"),
+                weights="EMA" if use_ema else "raw",
+                example=example,
+                pretrained=model.pretrained,
+                out=out,
+                gs=gs if not isinstance(gs, dict) else gs.get("attrs", 7.5),
+            )
+        )
+        _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

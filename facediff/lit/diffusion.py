@@ -48,6 +48,8 @@ class LatentDiffusion(L.LightningModule):
         max_bad_steps: consecutive non-finite steps tolerated before training stops.
         seed: seeds the module's own generator for t, noise and condition dropout (its state
             travels in checkpoints, so a resumed run draws the same numbers).
+        pretrained: the pretrained pipeline folder the parts were loaded from (experiment=
+            lora_sd2), recorded with the model; the parts read it themselves.
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class LatentDiffusion(L.LightningModule):
         flow_t: str = "logit_normal",
         flow_t_mean: float = 0.0,
         flow_t_std: float = 1.0,
+        pretrained: str | None = None,
     ):
         super().__init__()
+        self.pretrained = pretrained
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
         self.loss, self.noise_scheduler, self.sampler = loss, noise_scheduler, sampler
         self.optimizer_factory, self.lr_warmup_steps = optimizer, lr_warmup_steps
@@ -189,7 +193,11 @@ class LatentDiffusion(L.LightningModule):
         return self.conditioner.requires | self.loss.requires
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for m in (self.denoiser, self.conditioner) for p in m.parameters()]
+        """What trains (and what the EMA follows): the denoiser's and the conditioner's
+        parameters, less the frozen ones (a pretrained UNet under LoRA, a text encoder)."""
+        return [
+            p for m in (self.denoiser, self.conditioner) for p in m.parameters() if p.requires_grad
+        ]
 
     def forward(self, zt: Tensor, t: Tensor, cond) -> Tensor:
         return self.denoiser(zt, t, cond)
