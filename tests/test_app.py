@@ -122,6 +122,11 @@ def free_port() -> int:
 )
 def test_page_in_a_real_browser(ckpt, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from facediff.api import load_checkpoint
+
+    # FACEDIFF_APP_CKPT: drive the page on another model (docs/app.png: the demo's)
+    ckpt = Path(os.environ.get("FACEDIFF_APP_CKPT") or ckpt)
+    res = load_checkpoint(ckpt)["facediff"]["data"]["resolution"]
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
     server = subprocess.Popen(
@@ -155,7 +160,7 @@ def test_page_in_a_real_browser(ckpt, tmp_path):
                 " return i && i.complete && i.naturalWidth > 0 }"
             )
             size = first.evaluate("i => [i.naturalWidth, i.naturalHeight]")
-            assert size == [64, 64]  # 16 px samples shown 4x
+            assert size == [4 * res, 4 * res]  # the samples shown 4x
             before = page.request.get(first.get_attribute("src")).body()
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
             page.locator("#seed input").fill("7")
