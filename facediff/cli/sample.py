@@ -11,7 +11,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.api import FaceGenerator
-from facediff.config import register_resolvers, sampler_option
+from facediff.config import register_resolvers
+from facediff.diffusion.solvers import sampler_option
 from facediff.visualize import colorize, grid, save_png, to_uint8
 
 log = logging.getLogger("facediff.sample")
