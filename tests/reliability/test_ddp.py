@@ -13,6 +13,7 @@ from facediff import checkpoint
 from tests.conftest import TINY
 
 
+@pytest.mark.slow  # 37 s: make test-full
 def test_ddp_multirun_writes_one_sweep_folder(data_dir, tmp_path):
     overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
     sweep = tmp_path / "sweep"

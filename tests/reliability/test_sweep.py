@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from facediff import checkpoint
 from tests.conftest import TINY
 
 
+@pytest.mark.slow  # 20 s: make test-full
 def test_failing_job_does_not_stop_the_sweep(data_dir, tmp_path):
     overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
     cmd = [
