@@ -93,7 +93,10 @@ def build_pipeline(ckpt: dict, use_ema: bool = True):
     denoiser.model.load_state_dict(model.denoiser.state_dict())
     conditioner.model.load_state_dict(model.conditioner.state_dict())
     s = model.sampler
-    scheduler = s.scheduler_cls.from_config(model.noise_scheduler.config, **s.scheduler_options)
+    options = dict(s.scheduler_options)
+    if model.flow and s.solves_diffusion:  # a multistep solver on the flow (sampling.Sampler)
+        options |= {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+    scheduler = s.scheduler_cls.from_config(model.noise_scheduler.config, **options)
     ae = model.autoencoder
     pixel = isinstance(ae, PixelSpace)
     gs = dict(s.guidance_scale) if isinstance(s.guidance_scale, dict) else s.guidance_scale

@@ -132,3 +132,23 @@ def test_shipped_sources_are_the_pipeline_and_its_facediff_imports():
     assert {"facediff_sampling.py", "facediff_conditioning.py", "facediff_labels.py"} <= set(files)
     assert "facediff_training.py" not in files and "facediff_api.py" not in files
     assert "from .facediff_conditioning import" in files["facediff_unet.py"]
+
+
+def test_a_flow_model_exported_with_dpmpp_samples_on_the_flow(make_cfg):
+    """objective=flow with sampler=dpmpp_2m: the exported scheduler is DPM-Solver++ on flow
+    sigmas (flow_prediction), and the pipeline gives facediff-sample's images."""
+    from facediff.checkpoint import load
+    from facediff.export import build_pipeline
+
+    cfg = make_cfg("objective=flow", "sampler=dpmpp_2m", "trainer.max_steps=2", "conditioner=attr")
+    train(cfg)
+    ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    pipe = build_pipeline(load(ckpt_path))
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert pipe.scheduler.config.use_flow_sigmas
+    assert pipe.scheduler.config.prediction_type == "flow_prediction"
+    got = pipe(attributes={"Smiling": 1}, num_images=2, seed=5, output_type="np").images
+    want = FaceGenerator.from_checkpoint(ckpt_path).sample(
+        attributes={"Smiling": 1}, num_samples=2, seed=5
+    )
+    np.testing.assert_array_equal(got, want)

@@ -81,9 +81,26 @@ def check_sampling_options(num_steps=None, eta=None, guidance_scale=None) -> Non
             _number(guidance_scale, "guidance_scale")
 
 
+def is_flow_config(train_config) -> bool:
+    """Whether a scheduler's config is rectified flow's (diffusers' FlowMatch* schedulers: a
+    `shift`, no beta schedule; or a multistep solver set to flow sigmas, as an exported flow
+    pipeline's DPM-Solver++ is) rather than a diffusion's."""
+    return bool(
+        ("shift" in train_config and "beta_schedule" not in train_config)
+        or train_config.get("use_flow_sigmas")
+    )
+
+
 class Sampler:
     """DDPM / DDIM (eta) / DPM-Solver++ / UniPC / Euler / flow-matching Euler / any diffusers
     scheduler, built from the training scheduler's config.
+
+    On a rectified-flow model, the flow-matching schedulers integrate the flow as they are, and
+    the multistep solvers that know diffusers' flow sigmas (DPM-Solver++, UniPC, DEIS) run with
+    `use_flow_sigmas=True, prediction_type="flow_prediction"` (x0 = z - sigma * v); the model sees
+    t = sigma * T exactly (those solvers round their timesteps to integers). The solvers of the
+    discrete-time diffusion (DDPM, DDIM, Euler) refuse a flow model, and the flow-matching ones a
+    diffusion model, naming both.
 
     Args:
         scheduler: a diffusers scheduler class (e.g. diffusers.DDIMScheduler).
@@ -132,14 +149,35 @@ class Sampler:
         step_params = inspect.signature(scheduler.step).parameters
         self._takes_eta = "eta" in step_params
         self._takes_generator = "generator" in step_params
+        self.solves_flow = scheduler.__name__.startswith("FlowMatch") or "use_flow_sigmas" in init
+        self.solves_diffusion = not scheduler.__name__.startswith("FlowMatch")
         # DDIM: with x0 clipped, re-derive eps from the clipped x0 (as GLIDE does). diffusers
         # keeps the unclipped eps by default, and the mismatch compounds with the number of
         # steps: on the demo model, 100 DDIM steps gave FID* 363 and mIoU 17.6 without it,
         # 113 and 25.0 with it (README, "sampler steps").
         self._clipped_eps = "use_clipped_model_output" in step_params
+        self._check_eta(eta)
+
+    def _check_eta(self, eta) -> None:
+        # (diffusers' FlowMatchEuler stochastic_sampling is no flow "s.": re-noising the
+        # predicted x0, a posterior mean, shrinks the variance: std 0.20 for N(0.7, 0.3^2))
         if eta and not self._takes_eta:
             raise ValueError(
-                f"sampler.eta={eta}: {scheduler.__name__} has no eta; use DDIMScheduler"
+                f"sampler.eta={eta}: {self.scheduler_cls.__name__} has no eta; use DDIMScheduler"
+            )
+
+    def check_model(self, flow: bool) -> None:
+        """Fail, naming the solver and the model, where this solver cannot sample the model."""
+        name = self.scheduler_cls.__name__
+        if flow and not self.solves_flow:
+            raise ValueError(
+                f"sampler: {name} is a diffusion solver; this model was trained with "
+                "objective=flow (choose sampler=flow_euler, dpmpp_2m or unipc)"
+            )
+        if not flow and not self.solves_diffusion:
+            raise ValueError(
+                f"sampler: {name} integrates a flow; this model was trained as a diffusion "
+                "model (choose ddim, ddpm, dpmpp_2m, unipc or euler)"
             )
 
     @torch.no_grad()
@@ -165,6 +203,10 @@ class Sampler:
         `shared_noise`: every sample starts from the same noise (editing); `step_callback(i,
         t, zt) -> zt` sees (and may replace) the latent after each step."""
         check_sampling_options(num_steps, eta, guidance_scale)
+        flow = is_flow_config(train_config)
+        self.check_model(flow)
+        eta = self.eta if eta is None else eta
+        self._check_eta(eta)
         clip = pixel_space if self.clip_sample is None else self.clip_sample
         rederive = clip and self._clip_kind == "rederive"
         if rederive and train_config.get("prediction_type", "flow") not in ("epsilon", "flow"):
@@ -178,9 +220,10 @@ class Sampler:
             options["clip_sample"] = clip
         elif self._clip_kind == "thresholding":  # s = clamp(quantile, 1, 1) = 1: x0 in [-1, 1]
             options |= {"thresholding": clip, "sample_max_value": 1.0}
+        if flow and not self.scheduler_cls.__name__.startswith("FlowMatch"):
+            options |= {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
         scheduler = self.scheduler_cls.from_config(train_config, **options)
         scheduler.set_timesteps(int(self.num_steps if num_steps is None else num_steps))
-        eta = self.eta if eta is None else eta
         step_kwargs = {"generator": generator} if self._takes_generator else {}
         step_kwargs |= {"eta": eta} if self._takes_eta else {}
         if clip and self._clipped_eps:
@@ -206,9 +249,11 @@ class Sampler:
             from tqdm.auto import tqdm
 
             timesteps = tqdm(timesteps, desc="sampling", leave=False)
+        T = train_config.get("num_train_timesteps", 1000)
         for i, t in enumerate(timesteps):  # 1. predict every level at once, 2. combine, 3. step
             x = scale(zt, t).repeat(len(levels), 1, 1, 1)
-            eps = denoise(x, t.expand(len(x)).to(device), cond).float().chunk(len(levels))
+            tm = scheduler.sigmas[i].float() * T if flow else t  # the flow's exact t * T
+            eps = denoise(x, tm.expand(len(x)).to(device), cond).float().chunk(len(levels))
             guided = sum(c * e for c, e in zip(coef, eps))
             if rederive:  # x0 = z - sigma * output for eps (sigma space) and flow alike
                 sigma = scheduler.sigmas[i].to(zt.device, zt.dtype)

@@ -173,19 +173,9 @@ class LatentDiffusion(L.LightningModule):
         self.check_sampler(self.sampler)
 
     def check_sampler(self, sampler: Sampler) -> None:
-        """A flow model samples with a flow solver and a diffusion model with a diffusion one."""
-        flow_solver = issubclass(sampler.scheduler_cls, FlowMatchEulerDiscreteScheduler)
-        if flow_solver != self.flow:
-            raise ValueError(
-                f"sampler: {sampler.scheduler_cls.__name__} "
-                + (
-                    "integrates a flow; this model was trained as a diffusion model "
-                    "(choose ddim, ddpm, dpmpp_2m, unipc or euler)"
-                    if flow_solver
-                    else "is a diffusion solver; this model was trained with objective=flow "
-                    "(choose sampler=flow_euler)"
-                )
-            )
+        """A flow model samples with a solver that integrates a flow, a diffusion model with a
+        diffusion solver (`Sampler.check_model`)."""
+        sampler.check_model(self.flow)
 
     @property
     def requires(self) -> set[str]:
