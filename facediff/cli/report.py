@@ -9,7 +9,8 @@ from pathlib import Path
 from facediff.evaluation.study import log_to_wandb, report
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
+    """facediff-report's work; returns the report (`facediff.evaluation.study.report`)."""
     parser = argparse.ArgumentParser(
         prog="facediff-report",
         description="A row per setting (the job's overrides without seed=), mean ± std over "
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.wandb:
         print(f"W&B table: {log_to_wandb(result, offline=not args.online)}")
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: exit status 0 on success (a returned dict would make the script's
+    `sys.exit(main())` print it and exit 1), 2 on a bad folder."""
+    run(argv)
 
 
 if __name__ == "__main__":

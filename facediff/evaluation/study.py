@@ -2,7 +2,8 @@
 
 A multirun folder holds Hydra's `multirun.yaml` and one folder per job (`0/`, `1/`, ...), each
 with `.hydra/overrides.yaml` (the job's own overrides) and, when the job ran the evaluation
-protocol (`evaluate_after=true`), `evaluation/metrics.json`. A job's setting is its overrides
+protocol, `evaluation/metrics.json` (`facediff-train -m ... evaluate_after=true`) or
+`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps). A job's setting is its overrides
 without `seed=`; jobs of one setting made at different times (several folders) are one row.
 Jobs without `metrics.json` are listed as failed. Jobs whose protocols differ are refused: a
 table mixing them would compare numbers that are not comparable.
@@ -52,7 +53,7 @@ def read_jobs(folder) -> list[Job]:
     if not (folder / "multirun.yaml").is_file():
         raise FileNotFoundError(
             f"{folder}: not a Hydra multirun folder (no multirun.yaml); give the folder that "
-            "`facediff-train -m` wrote (hydra.sweep.dir)"
+            "`facediff-train -m` or `facediff-evaluate -m` wrote (hydra.sweep.dir)"
         )
     jobs = []
     for job in sorted(
@@ -62,8 +63,10 @@ def read_jobs(folder) -> list[Job]:
         if not overrides_file.is_file():
             continue  # not a job folder Hydra wrote (e.g. a DDP rank's log only)
         overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
-        metrics_file = job / "evaluation" / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        found = [  # facediff-train's, facediff-evaluate's
+            f for f in (job / "evaluation" / "metrics.json", job / "metrics.json") if f.is_file()
+        ]
+        metrics = json.loads(found[0].read_text()) if found else None
         jobs.append(Job(job, overrides, metrics))
     return jobs
 
@@ -76,14 +79,23 @@ def _setting_overrides(job: Job, common: set[str]) -> list[str]:
     ]
 
 
+def protocol_defaults() -> dict:
+    """conf/evaluation/default.yaml: an option a job's metrics.json lacks (written before the
+    option existed) had its default value then."""
+    from importlib.resources import files
+
+    return yaml.safe_load(files("facediff.conf").joinpath("evaluation/default.yaml").read_text())
+
+
 def check_protocols(jobs: list[Job]) -> dict | None:
     """The one protocol all finished jobs share; a ValueError naming the option that differs."""
     done = [j for j in jobs if j.metrics is not None]
     if not done:
         return None
-    first = done[0].metrics.get("protocol", {})
+    defaults = protocol_defaults()
+    first = defaults | done[0].metrics.get("protocol", {})
     for job in done[1:]:
-        p = job.metrics.get("protocol", {})
+        p = defaults | job.metrics.get("protocol", {})
         swept = {  # evaluation options a job sets itself are the study's variable, not a clash
             o.partition("=")[0].lstrip("+~").removeprefix("evaluation.")
             for j in (done[0], job)

@@ -13,13 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facediff.cli.report import main as report_main
+from facediff.cli.report import run as report_main
 from facediff.evaluation.study import report
 
 PROTOCOL = {"split": "val", "num_conditions": 64, "num_steps": None, "solver": None, "seed": 0}
 
 
-def job(sweep: Path, num: int, overrides: list[str], scores: dict | None, protocol=None):
+def job(
+    sweep: Path,
+    num: int,
+    overrides: list[str],
+    scores: dict | None,
+    protocol=None,
+    where="evaluation",
+):
+    """A job folder as facediff-train -m writes it (where="evaluation": evaluation/metrics.json)
+    or facediff-evaluate -m (where="": metrics.json in the job folder)."""
     folder = sweep / str(num)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -31,8 +40,8 @@ def job(sweep: Path, num: int, overrides: list[str], scores: dict | None, protoc
                 k: v / 2 for k, v in scores.items() if k in ("attr_acc", "miou")
             },
         }
-        (folder / "evaluation").mkdir()
-        (folder / "evaluation" / "metrics.json").write_text(
+        (folder / where).mkdir(exist_ok=True)
+        (folder / where / "metrics.json").write_text(
             json.dumps({"rows": rows, "protocol": protocol or PROTOCOL})
         )
 
@@ -105,6 +114,18 @@ def test_jobs_of_different_protocols_are_refused_by_name(tmp_path, capsys):
     assert e.value.code == 2 and "evaluation.num_conditions differs" in capsys.readouterr().err
 
 
+def test_an_option_older_jobs_lack_counts_as_its_default(tmp_path):
+    """A metrics.json written before an option existed (no flip_check) matches a newer one
+    with the option at its default, and not one with another value."""
+    a = sweep_dir(tmp_path, "a")
+    job(a, 0, ["seed=0"], {"attr_acc": 0.8})
+    job(a, 1, ["seed=1"], {"attr_acc": 0.8}, PROTOCOL | {"flip_check": False})
+    assert report([a], tmp_path / "out")["rows"][0][1] == "2/2"
+    job(a, 2, ["seed=2"], {"attr_acc": 0.8}, PROTOCOL | {"flip_check": True})
+    with pytest.raises(ValueError, match="evaluation.flip_check differs: False in"):
+        report([a], tmp_path / "out")
+
+
 def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
     a = sweep_dir(tmp_path, "a")
     for i, steps in enumerate((10, 25)):
@@ -117,6 +138,25 @@ def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
         )
     out = report([a], tmp_path / "out")
     assert [r[0] for r in out["rows"]] == ["evaluation.num_steps=10", "evaluation.num_steps=25"]
+
+
+def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
+    """facediff-evaluate -m writes metrics.json in the job folder itself: solvers by steps on
+    one checkpoint make one table, a row per solver and step count."""
+    a = sweep_dir(tmp_path, "a")
+    for i, (solver, steps) in enumerate([("ddim", 10), ("unipc", 10)]):
+        overrides = ["ckpt_path=/c.ckpt", f"evaluation.solver={solver}", "evaluation.num_steps=10"]
+        protocol = PROTOCOL | {"solver": solver, "num_steps": steps}
+        job(a, i, overrides, {"attr_acc": 0.8 + i / 100}, protocol, where="")
+    out = report([a], tmp_path / "out")
+    assert out["failed"] == [] and out["common"] == [
+        "ckpt_path=/c.ckpt",
+        "evaluation.num_steps=10",
+    ]
+    assert [r[:2] for r in out["rows"]] == [
+        ["evaluation.solver=ddim", "1/1"],
+        ["evaluation.solver=unipc", "1/1"],
+    ]
 
 
 def test_not_a_multirun_folder(tmp_path):
@@ -132,7 +172,9 @@ def test_the_table_goes_to_wandb_as_a_table(tmp_path):
     a = sweep_dir(tmp_path, "a")
     job(a, 0, ["conditioner=attr", "seed=0"], {"attr_acc": 0.8})
     env = dict(os.environ, WANDB_DIR=str(tmp_path), WANDB_MODE="offline")
-    cmd = [sys.executable, "-m", "facediff.cli.report", str(a), "--wandb"]
+    # as the console script runs it: sys.exit(main()) must exit 0
+    script = "import sys; from facediff.cli.report import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", script, str(a), "--wandb"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| conditioner=attr | 1/1 |" in run.stdout and "W&B table:" in run.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from facediff.cli.report import main as report_main
+from facediff.cli.report import run as report_main
 from facediff.config import compose
 from tests.conftest import TINY
 
