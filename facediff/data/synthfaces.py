@@ -12,6 +12,7 @@ goes through the very reader the real data goes through.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -100,8 +101,35 @@ class _Frame:
         return (np.abs((X - cx) / rx) ** power + np.abs((self.Y - cy) / ry) ** power) <= 1.0
 
 
-def render_face(rng: np.random.Generator, size: int, attrs: dict[str, bool] | None = None):
-    """Render one face at `size` x `size`.
+# Pose ranges (uniform) of the default data set: left-right symmetric, so a mirrored face is
+# as likely as the face itself. A one-sided range gives a data set with a handedness (faces
+# off-centre and turned to one side), where a horizontal flip is visible: what the control
+# metadata's flip flag can then decide (arXiv 2411.03177; conf/data/synthfaces_chiral.yaml).
+POSE = {"center_x": (-0.08, 0.08), "yaw": (-0.3, 0.3)}
+POSE_LIMITS = {"center_x": 0.3, "yaw": 0.5}
+
+
+def check_pose(name: str, value) -> tuple[float, float]:
+    """A pose range [lo, hi] for `data.source.<name>`, within its limit, or an error naming it."""
+    limit = POSE_LIMITS[name]
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.source.{name}={value!r}: expected [lo, hi]") from None
+    if not (np.isfinite([lo, hi]).all() and -limit <= lo <= hi <= limit):
+        raise ValueError(f"data.source.{name}={value!r}: expected -{limit} <= lo <= hi <= {limit}")
+    return lo, hi
+
+
+def render_face(
+    rng: np.random.Generator,
+    size: int,
+    attrs: dict[str, bool] | None = None,
+    center_x: tuple[float, float] = POSE["center_x"],
+    yaw: tuple[float, float] = POSE["yaw"],
+):
+    """Render one face at `size` x `size`; `center_x` and `yaw` are the ranges its horizontal
+    position (face-frame units, the image is 2 wide) and yaw are drawn from.
 
     Returns (image uint8 (H, W, 3), label map uint8 (H, W), part shapes {part: bool (H, W)},
     attributes {name: bool}). The part shapes overlap; painting them in the official
@@ -110,10 +138,10 @@ def render_face(rng: np.random.Generator, size: int, attrs: dict[str, bool] | No
     a = sample_attributes(rng) if attrs is None else attrs
     f32 = np.float32
     # 1. pose: position, scale, in-plane rotation, yaw
-    cx, cy = rng.uniform(-0.08, 0.08), rng.uniform(-0.04, 0.1)
+    cx, cy = rng.uniform(*center_x), rng.uniform(-0.04, 0.1)
     scale = rng.uniform(0.78, 0.95)
     theta = rng.uniform(-0.2, 0.2)
-    yaw = rng.uniform(-0.3, 0.3)
+    yaw = rng.uniform(*yaw)
     v, u = np.mgrid[0:size, 0:size].astype(f32)
     u, v = (u + 0.5) / size * 2 - 1 - cx, (v + 0.5) / size * 2 - 1 - cy
     c, s = np.cos(theta), np.sin(theta)
@@ -319,11 +347,11 @@ def _official_file_number(i: int) -> int:
 
 
 def _write_range(args) -> None:
-    raw_dir, start, stop, seed, image_size, mask_size = args
+    raw_dir, start, stop, seed, image_size, mask_size, pose = args
     raw_dir = Path(raw_dir)
     for i in range(start, stop):
         rng = np.random.default_rng([seed, i])
-        image, _, parts, attrs = render_face(rng, image_size)
+        image, _, parts, attrs = render_face(rng, image_size, **pose)
         Image.fromarray(image).save(raw_dir / "CelebA-HQ-img" / f"{i}.jpg", quality=95)
         folder = raw_dir / "CelebAMask-HQ-mask-anno" / str(i // 2000)
         for name, m in parts.items():
@@ -341,8 +369,11 @@ def write_synthfaces(
     image_size: int = 128,
     mask_size: int = 128,
     num_workers: int = 2,
+    center_x: tuple[float, float] = POSE["center_x"],
+    yaw: tuple[float, float] = POSE["yaw"],
 ) -> Path:
-    """Write `num_faces` SynthFaces in the raw CelebAMask-HQ layout under `raw_dir`.
+    """Write `num_faces` SynthFaces in the raw CelebAMask-HQ layout under `raw_dir`, with what
+    they were generated from in `raw_dir/GENERATED` (checked by `SynthFaces` when reused).
 
     The folder is written next to its final place (`<raw_dir>.tmp-<pid>`) and renamed when
     complete; callers that may run at once hold `data_lock(raw_dir)` (SynthFaces does).
@@ -357,8 +388,9 @@ def write_synthfaces(
     for k in range((num_faces - 1) // 2000 + 1):
         (tmp / "CelebAMask-HQ-mask-anno" / str(k)).mkdir(parents=True)
     chunk = 100
+    pose = {"center_x": check_pose("center_x", center_x), "yaw": check_pose("yaw", yaw)}
     jobs = [
-        (str(tmp), s, min(s + chunk, num_faces), seed, image_size, mask_size)
+        (str(tmp), s, min(s + chunk, num_faces), seed, image_size, mask_size, pose)
         for s in range(0, num_faces, chunk)
     ]
     if num_workers > 1:
@@ -379,6 +411,8 @@ def write_synthfaces(
         mapping.append(f"{i} {n - 1} {n:06d}.jpg")
     (tmp / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(mapping) + "\n")
     shutil.rmtree(tmp / ".attrs")
+    params = generation_params(num_faces, seed, image_size, mask_size, **pose)
+    (tmp / GENERATED).write_text(json.dumps(params, indent=1) + "\n")
     if raw_dir.exists():
         shutil.rmtree(raw_dir)
     tmp.rename(raw_dir)
@@ -386,8 +420,31 @@ def write_synthfaces(
     return raw_dir
 
 
+GENERATED = "synthfaces.json"
+
+
+def generation_params(num_faces, seed, image_size, mask_size, center_x, yaw) -> dict:
+    """What a SynthFaces raw folder is generated from (its `GENERATED` record)."""
+    return {
+        "num_faces": int(num_faces),
+        "seed": int(seed),
+        "image_size": int(image_size),
+        "mask_size": int(mask_size),
+        "center_x": [float(v) for v in center_x],
+        "yaw": [float(v) for v in yaw],
+    }
+
+
 def _single_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-__all__ = ["RENDERED_ATTRIBUTES", "render_face", "sample_attributes", "write_synthfaces"]
+__all__ = [
+    "GENERATED",
+    "POSE",
+    "RENDERED_ATTRIBUTES",
+    "generation_params",
+    "render_face",
+    "sample_attributes",
+    "write_synthfaces",
+]

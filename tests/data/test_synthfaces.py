@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from facediff.data.celebamask import merge_part_masks, read_attributes
 from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_CLASSES
@@ -73,3 +74,45 @@ def test_attribute_priors_are_consistent():
     assert all(not (d["Mustache"] and not d["Male"]) for d in draws)
     smiling = np.mean([d["Smiling"] for d in draws])
     assert 0.35 < smiling < 0.6
+
+
+def test_a_one_sided_pose_gives_faces_a_handedness_and_the_default_is_unchanged():
+    """center_x / yaw ranges: the default ranges give the very same faces as before the options
+    existed (the draws are the same numbers), a one-sided range puts every face on one side."""
+    from facediff.data.synthfaces import POSE
+    from facediff.evaluation.flip import face_center_x, mirror
+
+    rng = np.random.default_rng([0, 7])
+    a = render_face(rng, 32)
+    b = render_face(np.random.default_rng([0, 7]), 32, **POSE)
+    np.testing.assert_array_equal(a[0], b[0])
+    centres = []
+    for i in range(12):
+        _, label, _, _ = render_face(np.random.default_rng([0, i]), 32, center_x=(0.1, 0.2))
+        label = torch.from_numpy(label.astype(np.int64))[None]
+        centres.append((face_center_x(label).item(), face_center_x(mirror(label)).item()))
+    assert all(c > 0.52 and m < 0.48 for c, m in centres)  # right of centre; mirrored: left
+
+
+def test_a_raw_folder_refuses_other_generation_options(tmp_path):
+    """The raw folder records its options (synthfaces.json); reusing it with another pose or
+    seed is an error naming the option, the folder and both values."""
+    import json
+
+    import pytest
+
+    from facediff.data.celebamask import SynthFaces
+    from facediff.data.prepared import BadInputError
+
+    raw = tmp_path / "raw"
+    kw = dict(num_faces=4, image_size=32, mask_size=32, num_workers=1)
+    SynthFaces(str(raw), center_x=[0.1, 0.2], **kw)
+    record = json.loads((raw / "synthfaces.json").read_text())
+    assert record["center_x"] == [0.1, 0.2] and record["yaw"] == [-0.3, 0.3]
+    SynthFaces(str(raw), center_x=[0.1, 0.2], **kw)  # the same options: reused
+    with pytest.raises(BadInputError, match=r"center_x=\[0.1, 0.2\], but data.source.center_x"):
+        SynthFaces(str(raw), **kw)
+    with pytest.raises(BadInputError, match="data.source.generator_seed=1"):
+        SynthFaces(str(raw), center_x=[0.1, 0.2], generator_seed=1, **kw)
+    with pytest.raises(ValueError, match=r"data.source.yaw=\[0.4, 0.1\]: expected -0.5 <= lo"):
+        SynthFaces(str(raw), yaw=[0.4, 0.1], **kw)
