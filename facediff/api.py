@@ -96,6 +96,7 @@ class FaceGenerator:
         mask=None,
         num_samples: int = 1,
         resize_mask: bool = False,
+        control: dict | None = None,
     ) -> dict:
         """The batch dict for one condition repeated `num_samples` times
         (`facediff.conditions.values_batch`).
@@ -105,9 +106,18 @@ class FaceGenerator:
                 absent; None, or a name not given, unknown.
             mask: label map (H, W) of integers 0..18 as an array, tensor or PNG path, at the
                 model's resolution (or any size with `resize_mask=True`: nearest neighbour).
+            control: control metadata {name: value} (`facediff.data.CONTROL_NAMES`, e.g.
+                {"flip": 1}) over the median of the model's training data.
         """
         return values_batch(
-            self.attr_names, self.model.image_size, attributes, mask, num_samples, resize_mask
+            self.attr_names,
+            self.model.image_size,
+            attributes,
+            mask,
+            num_samples,
+            resize_mask,
+            control,
+            self.model.data_info.get("control_default"),
         )
 
     @torch.no_grad()
@@ -215,13 +225,15 @@ class FaceGenerator:
         seed: int = 0,
         batch: dict | None = None,
         resize_mask: bool = False,
+        control: dict | None = None,
     ) -> np.ndarray:
         """Generate faces; returns uint8 (N, H, W, 3). A condition not given is dropped (its
-        null embedding), so e.g. attributes alone sample a mask-free face for them."""
+        null embedding), so e.g. attributes alone sample a mask-free face for them; `control`
+        sets control metadata ({"flip": 1}) for a model trained with it."""
         from facediff.visualize import to_uint8
 
         if batch is None:
-            batch = self.batch(attributes, mask, num_samples, resize_mask)
+            batch = self.batch(attributes, mask, num_samples, resize_mask, control)
             dropped = {"attrs": attributes is None, "mask": mask is None, "control": False}
         else:
             dropped = {}

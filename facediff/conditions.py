@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facediff.data.labels import NUM_MASK_CLASSES
+from facediff.data.labels import CONTROL_NAMES, NUM_MASK_CLASSES
 
-CONTROL_DIM = 7  # flip, crop box (x0, y0, x1, y1), yaw, pitch: see facediff.data
+# an item's control vector when the model does not record its data's: unflipped, the full crop
+# box, no source size (a model records the median of its training data: `control_default`)
+CONTROL_DEFAULT = (0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 
 
 def label_map(mask, res: int, resize: bool = False) -> torch.Tensor:
@@ -57,6 +59,8 @@ def values_batch(
     mask=None,
     num_samples: int = 1,
     resize_mask: bool = False,
+    control: dict | None = None,
+    control_default=None,
 ) -> dict:
     """The batch dict for one condition repeated `num_samples` times.
 
@@ -64,6 +68,8 @@ def values_batch(
         None, or a name not given, unknown.
     mask: label map (H, W) of integers 0..18 (`label_map`); None: all background (and the
         caller drops the mask condition).
+    control: {name: value} over `control_default` (the model's training median; else
+        `CONTROL_DEFAULT`), names from `CONTROL_NAMES`, e.g. {"flip": 1}.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples={num_samples!r}: expected an integer >= 1")
@@ -81,8 +87,14 @@ def values_batch(
             )
         k = attr_names.index(name)
         attrs[:, k], known[:, k] = float(value > 0), True
-    batch = {"attrs": attrs, "attrs_known": known, "control": torch.zeros(n, CONTROL_DIM)}
-    batch["control"][:, 3:5] = 1.0  # full crop box, as prepared data has
+    vector = torch.tensor(CONTROL_DEFAULT if control_default is None else control_default)
+    for name, value in (control or {}).items():
+        if name not in CONTROL_NAMES:
+            raise ValueError(f"control: unknown name {name!r}; expected one of {CONTROL_NAMES}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"control[{name!r}]={value!r}: expected a number")
+        vector[CONTROL_NAMES.index(name)] = float(value)
+    batch = {"attrs": attrs, "attrs_known": known, "control": vector.expand(n, -1).clone()}
     if mask is not None:
         batch["mask"] = label_map(mask, res, resize_mask).expand(n, -1, -1).clone()
     else:

@@ -53,6 +53,10 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ValueError(f"{meta_path}: 'resolution' (the images' size in pixels) is missing")
         dm = FaceDataModule(str(root), meta["resolution"], attributes=meta.get("attr_names"))
         check_protocol(protocol)  # before the evaluators are trained
+        if protocol.get("flip_check"):
+            raise ValueError(
+                "evaluation.flip_check=true samples from a model: give ckpt_path=, not images_dir="
+            )
         parser, classifier = evaluators(
             dm,
             protocol["evaluators_dir"],
@@ -67,6 +71,10 @@ def evaluate(cfg: DictConfig) -> dict:
     print(table)
     for k, v in report["extractors"].items():
         print(f"  {k}: {v}")
+    if "flip" in report:
+        from facediff.evaluation.flip import flip_lines
+
+        print(flip_lines(report["flip"]), end="")
     log.info("wrote %s", out / "metrics.json")
     return data
 

@@ -17,7 +17,6 @@ from facediff.data.prepared import BadInputError, PreparedDataset, data_lock, pr
 
 log = logging.getLogger(__name__)
 _FLIP_LUT = torch.from_numpy(flip_lut())
-CONTROL_NAMES = ("flip", "crop_x0", "crop_y0", "crop_x1", "crop_y1", "source_h", "source_w")
 
 
 def hflip(image: torch.Tensor, mask: torch.Tensor | None):
@@ -218,6 +217,15 @@ class FaceDataModule(L.LightningDataModule):
     def attr_names(self) -> list[str]:
         self.setup()
         return [self.data.attr_names[k] for k in self.attr_index]
+
+    def control_default(self) -> list[float]:
+        """The median control vector of the unflipped items (crop box, source size; flip 0):
+        what sampling from attribute values uses unless told otherwise."""
+        self.setup()
+        arr = self.data.arrays
+        crop = np.median(np.asarray(arr["crop"], np.float64), axis=0)
+        hw = np.median(np.asarray(arr["source_hw"], np.float64), axis=0) / 1024.0
+        return [0.0, *map(float, crop), *map(float, hw)]
 
     @property
     def has_masks(self) -> bool:

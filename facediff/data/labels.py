@@ -11,6 +11,10 @@ MASK_CLASSES: tuple[str, ...] = (
     "r_ear", "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
 )  # fmt: skip
 NUM_MASK_CLASSES = len(MASK_CLASSES)
+
+# The control metadata vector of every item (arXiv 2411.03177): the flip flag, the crop box in
+# the source image (fractions), the source image's height and width / 1024
+CONTROL_NAMES = ("flip", "crop_x0", "crop_y0", "crop_x1", "crop_y1", "source_h", "source_w")
 # the part files of CelebAMask-HQ-mask-anno: every class but the background
 MASK_PARTS: tuple[str, ...] = MASK_CLASSES[1:]
 

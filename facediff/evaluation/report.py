@@ -368,6 +368,8 @@ def check_protocol(p) -> tuple:
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"evaluation.{key}={v!r}: expected an integer >= {low}")
+    if not isinstance(p.get("flip_check", False), bool):
+        raise ValueError(f"evaluation.flip_check={p['flip_check']!r}: expected true or false")
     if p["kid_subset_size"] > p["num_conditions"]:
         raise ValueError(
             f"evaluation.kid_subset_size={p['kid_subset_size']} exceeds the "
@@ -428,6 +430,10 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     table = markdown_table(report["rows"])
     (out_dir / "metrics.json").write_text(json.dumps(report | (extra or {}), indent=1))
     notes = "\n".join(f"- {k}: {v}" for k, v in report.get("extractors", {}).items())
+    if "flip" in report:
+        from facediff.evaluation.flip import flip_lines
+
+        notes += "\n\n" + flip_lines(report["flip"])
     (out_dir / "report.md").write_text(table + "\n\n" + notes + "\n")
     return table
 
@@ -441,6 +447,10 @@ def evaluate_model(model, datamodule, p, out_dir, precision=None) -> tuple[dict,
     )
     gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
     report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)
+    if p.get("flip_check"):  # the control flag's effect (facediff.evaluation.flip)
+        from facediff.evaluation.flip import flip_check
+
+        report["flip"] = flip_check(model, datamodule, parser, classifier, p)
     if precision is None and getattr(model, "build_config", None):
         precision = training_precision(model.build_config)
     table = write_report(report, out_dir, {"protocol": dict(p), "precision": precision})
@@ -452,6 +462,8 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
     the table, and writes the precision the model trained in to metrics.json."""
     from omegaconf import OmegaConf
 
+    from facediff.evaluation.flip import flip_lines
+
     protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
     out = Path(cfg.paths.output_dir) / "evaluation"
     report, table = evaluate_model(model, datamodule, protocol, out, training_precision(cfg))
@@ -462,6 +474,7 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
         f"{gen['use_ema']}, {gen['sampler']} {gen['num_steps']} steps, guidance "
         f"{gen['guidance_scale']}; {out / 'metrics.json'}):\n{table}\n"
         + "".join(f"  {k}: {v}\n" for k, v in report["extractors"].items())
+        + (flip_lines(report["flip"]) if "flip" in report else "")
     )
     return report["rows"]
 

@@ -81,6 +81,7 @@ def data_info(datamodule, cfg: DictConfig) -> dict:
         "source": meta.get("source"),
         "content_hash": meta.get("content_hash"),
         "latent_space": latent,
+        "control_default": datamodule.control_default(),
     }
 
 
