@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,9 +51,26 @@ TINY_DIT = [
 ]
 
 
+def experiment_denoiser(name: str) -> str | None:
+    """The denoiser an experiment file selects (`override /denoiser: ...`), if any."""
+    import yaml
+
+    path = Path(__file__).parents[1] / "conf" / "experiment" / f"{name}.yaml"
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, dict) and "override /denoiser" in entry:
+            return entry["override /denoiser"]
+    return None
+
+
 def tiny(overrides) -> list[str]:
-    """TINY, with the DiT's shrunk options in place of the UNet's for `denoiser=dit_*`."""
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("denoiser=")]
+    """TINY, with the DiT's shrunk options in place of the UNet's for `denoiser=dit_*` (given,
+    or selected by the experiment)."""
+    names = [
+        experiment_denoiser(o.split("=", 1)[1]) for o in overrides if o.startswith("experiment=")
+    ]
+    names = [n for n in names if n] + [
+        o.split("=", 1)[1] for o in overrides if o.startswith("denoiser=")
+    ]
     if names and names[-1].startswith("dit"):
         return [o for o in TINY if not o.startswith("denoiser.")] + TINY_DIT
     return TINY

@@ -42,7 +42,6 @@ def test_flip_control_trains_and_reports_the_flip_check(make_cfg, tmp_path, caps
     control condition, and the flip check in metrics.json, report.md and the printed table."""
     cfg = make_cfg(
         "experiment=flip_control",
-        "denoiser=dit_tiny",  # the experiment's denoiser, named so the tiny sizes are the DiT's
         *PROTOCOL,
         f"evaluation.evaluators_dir={tmp_path / 'ev'}",
     )

@@ -174,3 +174,14 @@ def test_control_guidance_scale_works_end_to_end(make_cfg):
     assert not torch.allclose(sample({"attrs": 2.0, "mask": 2.0}, flip=1.0), base)
     with pytest.raises(ValueError, match=r"guidance_scale\['control'\]"):
         sample({"attrs": 2.0, "control": float("nan")})
+    # sampling from values: the training data's median control vector (unflipped; SynthFaces:
+    # the full crop box, source size / 1024), the flip set by name, a wrong name refused
+    default = gen.model.data_info["control_default"]
+    size = cfg.data.source.image_size / 1024
+    assert default == [0.0, 0.0, 0.0, 1.0, 1.0, size, size]
+    assert gen.batch({"Smiling": 1}, None, 2)["control"].tolist() == [default] * 2
+    flipped = gen.batch({"Smiling": 1}, None, 1, control={"flip": 1})["control"][0]
+    assert flipped.tolist() == [1.0, *default[1:]]
+    with pytest.raises(ValueError, match="control: unknown name 'flop'; expected one of"):
+        gen.sample(attributes={"Smiling": 1}, control={"flop": 1})
+    assert gen.sample(attributes={"Smiling": 1}, control={"flip": 1}, num_steps=2).shape[0] == 1
