@@ -67,7 +67,9 @@ def test_the_flip_check_needs_a_control_condition(make_cfg):
 @pytest.mark.slow
 def test_the_flip_flag_flips_the_layout_the_parser_reads_not_the_attributes(tmp_path):
     """experiment=flip_control as a user runs it, shortened (SLOW_STEPS steps, 1,000 faces,
-    evaluators trained for 150 steps, 32 conditions; ~6 min on 2 cores): sampled with the same
+    evaluators trained for 150 steps, 32 conditions; 6 min 19 s on one AVX2 core, where it read
+    centres 0.56 -> 0.45, agreement 80 % mirrored / 68 % as is, attribute accuracy 72.9 / 75.4,
+    predictions equal on 87 %): sampled with the same
     noise and conditions, flag 0 puts the faces right of centre (as the data has them) and
     flag 1 left, so the parse of the flip-1 sample agrees with the mirrored flip-0 parse far
     better than with the flip-0 parse itself; the attributes read the same under both flags."""
@@ -82,7 +84,7 @@ def test_the_flip_flag_flips_the_layout_the_parser_reads_not_the_attributes(tmp_
             "logger=csv",
             "data.source.num_faces=1000",
             f"trainer.max_steps={SLOW_STEPS}",
-            "trainer.val_check_interval=150",
+            "trainer.val_check_interval=300",
             "callbacks.sample_grid.every_n_steps=0",
             "evaluation.num_conditions=32",
             "evaluation.diversity_conditions=0",
@@ -96,9 +98,10 @@ def test_the_flip_flag_flips_the_layout_the_parser_reads_not_the_attributes(tmp_
     flip = json.loads((Path(cfg.paths.output_dir) / "evaluation" / "metrics.json").read_text())
     flip = flip["flip"]
     assert flip["face_center_x_flip0"] > 0.52 and flip["face_center_x_flip1"] < 0.48
-    assert flip["layout_agreement_mirrored"] > flip["layout_agreement_unmirrored"] + 0.1
-    assert abs(flip["attr_acc_flip0"] - flip["attr_acc_flip1"]) < 0.05
-    assert flip["attr_agreement"] > 0.85
+    # (a flag the model ignores reads about 68 % mirrored / 99 % as is: the demo's UNet)
+    assert flip["layout_agreement_mirrored"] > flip["layout_agreement_unmirrored"] + 0.05
+    assert abs(flip["attr_acc_flip0"] - flip["attr_acc_flip1"]) < 0.06
+    assert flip["attr_agreement"] > 0.8
 
 
-SLOW_STEPS = 300
+SLOW_STEPS = 600
