@@ -220,7 +220,7 @@ class Sampler:
             options["clip_sample"] = clip
         elif self._clip_kind == "thresholding":  # s = clamp(quantile, 1, 1) = 1: x0 in [-1, 1]
             options |= {"thresholding": clip, "sample_max_value": 1.0}
-        if flow and not self.scheduler_cls.__name__.startswith("FlowMatch"):
+        if flow and self.solves_diffusion:  # a multistep solver on the flow's sigmas
             options |= {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
         scheduler = self.scheduler_cls.from_config(train_config, **options)
         scheduler.set_timesteps(int(self.num_steps if num_steps is None else num_steps))

@@ -16,15 +16,16 @@ default) a flipped face is as likely as the face itself, the flag carries nothin
 well-trained model ignores it; on data with a handedness (`data=synthfaces_chiral`) it decides
 the side. "Flips the layout, not the attributes" reads: mirrored agreement well above
 unmirrored, face centres on opposite sides, attribute accuracy equal under both flags.
+
+`facediff.evaluation.report.flip_check` runs it with the protocol's sampling and evaluators
+(`evaluation.flip_check=true`); this module holds what reads and prints it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from facediff.data.batch import condition_batch, to_device
 from facediff.data.labels import MASK_CLASSES, flip_lut
-from facediff.evaluation.metrics import attribute_scores, to_uint8
 
 FACE_CLASSES = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "mouth")
 FACE_CLASSES += ("u_lip", "l_lip", "l_ear", "r_ear")
@@ -48,56 +49,6 @@ def face_center_x(labels: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, centre, torch.full_like(centre, 0.5))
 
 
-@torch.no_grad()
-def flip_check(model, datamodule, parser, classifier, p) -> dict:
-    """The flip check (module docstring) on the protocol `p`'s first `num_conditions`
-    conditions, with its solver settings; the model's EMA weights if `use_ema`."""
-    if "control" not in model.conditioner.names:
-        raise ValueError(
-            "evaluation.flip_check=true: the model has no control condition; train it with a "
-            "conditioner that has one (conditioner=attr_control or multi_control)"
-        )
-    if parser is None:
-        raise ValueError(
-            f"evaluation.flip_check=true: {datamodule.root} has no masks to train a face "
-            "parser on, and the check reads the layout with one"
-        )
-    cond = condition_batch(datamodule, p["split"], p["num_conditions"], model)
-    cond = {k: v for k, v in cond.items() if k != "image"}
-    kw = {"num_steps": p["num_steps"], "eta": p["eta"], "guidance_scale": p["guidance_scale"]}
-    n, bs = len(cond["index"]), p["batch_size"]
-    dev = next(classifier.parameters()).device
-    cols = classifier.columns(list(datamodule.attr_names))
-    labels, preds, acc = [], [], []
-    for flag in (0.0, 1.0):
-        c = dict(cond, control=cond["control"].clone())
-        c["control"][:, 0] = flag
-        images = []
-        with model.ema_weights(p["use_ema"]):
-            for i in range(0, n, bs):
-                batch = to_device({k: v[i : i + bs] for k, v in c.items()}, model.device)
-                images.append(to_uint8(model.generate(batch, seed=p["seed"] + i, **kw)).cpu())
-        x = torch.cat(images).float() / 127.5 - 1
-        labels.append(torch.cat([parser.parse(b.to(dev)).cpu() for b in x.split(64)]))
-        pred = torch.cat([(classifier(b.to(dev)) > 0)[:, cols].cpu() for b in x.split(64)])
-        preds.append(pred)
-        names = list(datamodule.attr_names)
-        acc.append(attribute_scores(pred, c["attrs"], c["attrs_known"], names)["attr_acc"])
-    mirrored = (labels[1] == mirror(labels[0])).float().mean().item()
-    unmirrored = (labels[1] == labels[0]).float().mean().item()
-    centre = [face_center_x(m).mean().item() for m in labels]
-    return {
-        "num_conditions": n,
-        "layout_agreement_mirrored": mirrored,
-        "layout_agreement_unmirrored": unmirrored,
-        "face_center_x_flip0": centre[0],
-        "face_center_x_flip1": centre[1],
-        "attr_acc_flip0": acc[0],
-        "attr_acc_flip1": acc[1],
-        "attr_agreement": (preds[0] == preds[1]).float().mean().item(),
-    }
-
-
 def flip_lines(result: dict) -> str:
     """The flip check as the lines the evaluation prints under its table."""
     r = result
@@ -113,4 +64,4 @@ def flip_lines(result: dict) -> str:
     )
 
 
-__all__ = ["FACE_CLASSES", "face_center_x", "flip_check", "flip_lines", "mirror"]
+__all__ = ["FACE_CLASSES", "face_center_x", "flip_lines", "mirror"]

@@ -28,6 +28,7 @@ from facediff import checkpoint
 from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.diffusion.solvers import sampler_option
 from facediff.evaluation.extractors import DomainFeatures, inception
+from facediff.evaluation.flip import face_center_x, flip_lines, mirror
 from facediff.evaluation.generated import read_generated, write_generated
 from facediff.evaluation.metrics import (
     attribute_scores,
@@ -190,16 +191,26 @@ def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_s
 
 
 @torch.no_grad()
-def score(images: torch.Tensor, cond: dict, parser, classifier, names) -> dict:
-    """Fidelity of images (B, 3, H, W) in [-1, 1] to the conditions in `cond` (the evaluators
-    run on their own device, in batches of 64)."""
-    out = {}
+def read_images(images: torch.Tensor, parser, classifier, names):
+    """What the evaluators read in images (B, 3, H, W) in [-1, 1], on their own device in
+    batches of 64: (the parser's label maps (B, H, W), None without a parser; the classifier's
+    0/1 predictions (B, len(names)) for the attributes `names`)."""
     dev = next(classifier.parameters()).device
-    if "mask" in cond and parser is not None:
+    labels = None
+    if parser is not None:
         labels = torch.cat([parser.parse(b.to(dev)).cpu() for b in images.split(64)])
-        out.update(mask_scores(labels, cond["mask"]))
     cols = classifier.columns(names)
     pred = torch.cat([(classifier(b.to(dev)) > 0)[:, cols].cpu() for b in images.split(64)])
+    return labels, pred
+
+
+@torch.no_grad()
+def score(images: torch.Tensor, cond: dict, parser, classifier, names) -> dict:
+    """Fidelity of images (B, 3, H, W) in [-1, 1] to the conditions in `cond`."""
+    out = {}
+    labels, pred = read_images(images, parser if "mask" in cond else None, classifier, names)
+    if labels is not None:
+        out.update(mask_scores(labels, cond["mask"]))
     out.update(attribute_scores(pred, cond["attrs"], cond["attrs_known"], names))
     return out
 
@@ -229,17 +240,7 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
         extra = repeat_batch({key: v[:d] for key, v in cond.items()}, k - 1)
         extra["sample"] = torch.arange(1, k).repeat(d)
         cond = {key: torch.cat([cond[key], extra[key]]) for key in cond}
-    kw = {"num_steps": p["num_steps"], "eta": p["eta"], "guidance_scale": p["guidance_scale"]}
-    bs, total = p["batch_size"], len(cond["index"])
-    images = []
-    with (
-        model.ema_weights(p["use_ema"]),
-        tqdm(total=total, desc="sampling for the evaluation", unit="img") as bar,
-    ):
-        for i in range(0, total, bs):
-            batch = to_device({key: v[i : i + bs] for key, v in cond.items()}, model.device)
-            images.append(to_uint8(model.generate(batch, seed=p["seed"] + i, **kw)).cpu())
-            bar.update(min(bs, total - i))
+    images = protocol_images(model, cond, p)
     sampler = model.sampler
     meta = {
         "data_root": str(datamodule.root),
@@ -255,7 +256,61 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
         "use_ema": p["use_ema"],
         "seed": p["seed"],
     }
-    return write_generated(out_dir, torch.cat(images), cond, meta)
+    return write_generated(out_dir, images, cond, meta)
+
+
+@torch.no_grad()
+def protocol_images(model, cond: dict, p, desc: str = "sampling for the evaluation"):
+    """uint8 images (N, 3, H, W) for the conditions in `cond` with the protocol's solver
+    settings: the batch starting at row r with seed + r, the EMA weights if `use_ema`."""
+    kw = {"num_steps": p["num_steps"], "eta": p["eta"], "guidance_scale": p["guidance_scale"]}
+    bs, total = p["batch_size"], len(cond["index"])
+    images = []
+    with model.ema_weights(p["use_ema"]), tqdm(total=total, desc=desc, unit="img") as bar:
+        for i in range(0, total, bs):
+            batch = to_device({key: v[i : i + bs] for key, v in cond.items()}, model.device)
+            images.append(to_uint8(model.generate(batch, seed=p["seed"] + i, **kw)).cpu())
+            bar.update(min(bs, total - i))
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def flip_check(model, datamodule, parser, classifier, p) -> dict:
+    """The flip check (`facediff.evaluation.flip`) on the protocol `p`'s first
+    `num_conditions` conditions, with its solver settings and seeds."""
+    if "control" not in model.conditioner.names:
+        raise ValueError(
+            "evaluation.flip_check=true: the model has no control condition; train it with a "
+            "conditioner that has one (conditioner=attr_control or multi_control)"
+        )
+    if parser is None:
+        raise ValueError(
+            f"evaluation.flip_check=true: {datamodule.root} has no masks to train a face "
+            "parser on, and the check reads the layout with one"
+        )
+    cond = condition_batch(datamodule, p["split"], p["num_conditions"], model)
+    cond = {k: v for k, v in cond.items() if k != "image"}
+    names = list(datamodule.attr_names)
+    labels, preds, acc = [], [], []
+    for flag in (0, 1):
+        c = dict(cond, control=cond["control"].clone())
+        c["control"][:, 0] = flag
+        images = _float(protocol_images(model, c, p, f"sampling with the flip flag {flag}"))
+        label, pred = read_images(images, parser, classifier, names)
+        labels.append(label)
+        preds.append(pred)
+        acc.append(attribute_scores(pred, c["attrs"], c["attrs_known"], names)["attr_acc"])
+    centre = [face_center_x(m).mean().item() for m in labels]
+    return {
+        "num_conditions": len(cond["index"]),
+        "layout_agreement_mirrored": (labels[1] == mirror(labels[0])).float().mean().item(),
+        "layout_agreement_unmirrored": (labels[1] == labels[0]).float().mean().item(),
+        "face_center_x_flip0": centre[0],
+        "face_center_x_flip1": centre[1],
+        "attr_acc_flip0": acc[0],
+        "attr_acc_flip1": acc[1],
+        "attr_agreement": (preds[0] == preds[1]).float().mean().item(),
+    }
 
 
 def reference_items(datamodule, split: str, index: torch.Tensor) -> dict:
@@ -431,8 +486,6 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     (out_dir / "metrics.json").write_text(json.dumps(report | (extra or {}), indent=1))
     notes = "\n".join(f"- {k}: {v}" for k, v in report.get("extractors", {}).items())
     if "flip" in report:
-        from facediff.evaluation.flip import flip_lines
-
         notes += "\n\n" + flip_lines(report["flip"])
     (out_dir / "report.md").write_text(table + "\n\n" + notes + "\n")
     return table
@@ -448,8 +501,6 @@ def evaluate_model(model, datamodule, p, out_dir, precision=None) -> tuple[dict,
     gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
     report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)
     if p.get("flip_check"):  # the control flag's effect (facediff.evaluation.flip)
-        from facediff.evaluation.flip import flip_check
-
         report["flip"] = flip_check(model, datamodule, parser, classifier, p)
     if precision is None and getattr(model, "build_config", None):
         precision = training_precision(model.build_config)
@@ -461,8 +512,6 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
     """The evaluation protocol (cfg.evaluation) on the final model of a training run; prints
     the table, and writes the precision the model trained in to metrics.json."""
     from omegaconf import OmegaConf
-
-    from facediff.evaluation.flip import flip_lines
 
     protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
     out = Path(cfg.paths.output_dir) / "evaluation"
