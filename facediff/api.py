@@ -49,6 +49,10 @@ def train(cfg, datamodule=None) -> dict:
     from facediff.lit.training import finish_wandb, fit
 
     evaluate = bool(cfg.get("evaluate_after")) and not cfg.trainer.get("fast_dev_run")
+    if evaluate:  # a bad evaluation option fails now, not after the training
+        from facediff.evaluation.report import protocol_variants
+
+        protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
     result = fit(cfg, datamodule, keep_wandb_open=evaluate)
     metrics = result.metrics
     if evaluate:

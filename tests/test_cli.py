@@ -141,8 +141,8 @@ def test_fast_solvers_sample_and_evaluate_a_ddim_checkpoint(make_cfg, tmp_path):
             [
                 f"ckpt_path={ckpt}",
                 f"output_dir={tmp_path / 'eval'}",
-                "evaluation.solver=dpmpp_2m",
-                "evaluation.num_steps=3",
+                # solvers by steps on one checkpoint, one call: a folder per variant
+                "evaluation.variants={dpm3:{solver:dpmpp_2m,num_steps:3},unipc2:{solver:unipc,num_steps:2}}",
                 "evaluation.num_conditions=4",
                 "evaluation.diversity_conditions=0",
                 "evaluation.kid_subset_size=2",
@@ -152,8 +152,13 @@ def test_fast_solvers_sample_and_evaluate_a_ddim_checkpoint(make_cfg, tmp_path):
             ],
         )
     )
-    assert data["generated"]["sampler"] == "Sampler(DPMSolverMultistepScheduler)"
-    assert data["generated"]["num_steps"] == 3
+    assert data["dpm3"]["generated"]["sampler"] == "Sampler(DPMSolverMultistepScheduler)"
+    assert data["dpm3"]["generated"]["num_steps"] == 3
+    assert data["unipc2"]["generated"]["sampler"] == "Sampler(UniPCMultistepScheduler)"
+    assert data["unipc2"]["generated"]["num_steps"] == 2
+    for name in ("dpm3", "unipc2"):  # what facediff-report reads
+        saved = json.loads((tmp_path / "eval" / name / "metrics.json").read_text())
+        assert saved == data[name] and saved["ckpt_path"] == str(ckpt)
 
 
 def test_bench_prints_side_by_side_figures(tmp_path, data_dir):

@@ -25,6 +25,7 @@ def evaluate(cfg: DictConfig) -> dict:
         check_protocol,
         evaluate_model,
         evaluators,
+        protocol_variants,
         score_generated,
         write_report,
     )
@@ -35,10 +36,17 @@ def evaluate(cfg: DictConfig) -> dict:
     if bool(cfg.ckpt_path) == bool(cfg.images_dir):
         raise ValueError("facediff-evaluate: give exactly one of ckpt_path=PATH or images_dir=DIR")
     if cfg.ckpt_path:
+        protocols = protocol_variants(protocol)  # all checked before the checkpoint is read
         model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), use_ema=False)
         model = model.to(cfg.device)
-        report, table = evaluate_model(model, datamodule_for(model), protocol, out)
-        extra = {"ckpt_path": str(cfg.ckpt_path)}
+        dm, data = datamodule_for(model), {}
+        for name, p, options in protocols:  # evaluation.variants: each in <output_dir>/<name>
+            extra = {"ckpt_path": str(cfg.ckpt_path)}
+            extra |= {"variant": {"name": name, "options": options}} if name else {}
+            report, table = evaluate_model(model, dm, p, out / (name or ""), extra=extra)
+            data[name] = json.loads((out / (name or "") / "metrics.json").read_text())
+            _print(report, table, f"evaluation {name} ({options})" if name else "")
+        return data if protocols[0][0] else data[None]
     else:
         images_dir = Path(cfg.images_dir)
         meta_path = images_dir / META
@@ -53,10 +61,13 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ValueError(f"{meta_path}: 'resolution' (the images' size in pixels) is missing")
         dm = FaceDataModule(str(root), meta["resolution"], attributes=meta.get("attr_names"))
         check_protocol(protocol)  # before the evaluators are trained
-        if protocol.get("flip_check"):
-            raise ValueError(
-                "evaluation.flip_check=true samples from a model: give ckpt_path=, not images_dir="
-            )
+        for key in ("flip_check", "variants"):
+            if protocol.get(key):
+                raise ValueError(
+                    f"evaluation.{key}={protocol[key]}: samples from a model; give ckpt_path=, "
+                    "not images_dir="
+                )
+        protocol.pop("variants", None)
         parser, classifier = evaluators(
             dm,
             protocol["evaluators_dir"],
@@ -64,19 +75,20 @@ def evaluate(cfg: DictConfig) -> dict:
             protocol["classifier_steps"],
         )
         report = score_generated(images_dir, dm, parser, classifier, protocol, cfg.device)
-        table = write_report(report, out, {"protocol": protocol})
-        extra = {"images_dir": str(images_dir)}
-    data = json.loads((out / "metrics.json").read_text()) | extra
-    (out / "metrics.json").write_text(json.dumps(data, indent=1))
-    print(table)
+        table = write_report(report, out, {"protocol": protocol, "images_dir": str(images_dir)})
+        _print(report, table)
+        return json.loads((out / "metrics.json").read_text())
+
+
+def _print(report: dict, table: str, title: str = "") -> None:
+    from facediff.evaluation.flip import flip_lines
+
+    print((title + ":\n" if title else "") + table)
     for k, v in report["extractors"].items():
         print(f"  {k}: {v}")
     if "flip" in report:
-        from facediff.evaluation.flip import flip_lines
-
         print(flip_lines(report["flip"]), end="")
-    log.info("wrote %s", out / "metrics.json")
-    return data
+    log.info("wrote %s", Path(report["generated"]["dir"]).parent / "metrics.json")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="evaluate")

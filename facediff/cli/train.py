@@ -13,21 +13,31 @@ from facediff.api import train
 from facediff.lit.training import Interrupted
 
 log = logging.getLogger("facediff.train")
+ROW = "samples vs own conditions"
 
 
 def sweep_value(metrics: dict, name: str) -> float:
     """The value a sweeper optimises (`sweep_metric`): a logged metric (val/loss) or a column
-    of the evaluation's "samples vs own conditions" row (report/attr_acc, report/miou, ...)."""
+    of the evaluation's "samples vs own conditions" row (report/attr_acc, report/miou, ...;
+    report/<variant>/<column> where evaluation.variants are set)."""
     if name.startswith("report/"):
         rows = metrics.get("report")
         if rows is None:
             raise ValueError(
                 f"sweep_metric={name!r} needs the evaluation: set evaluate_after=true"
             )
-        own = rows["samples vs own conditions"]
-        key = name.removeprefix("report/")
+        key, prefix = name.removeprefix("report/"), "report/"
+        if ROW not in rows:  # {variant: rows}
+            variant, _, key = key.partition("/")
+            if variant not in rows:
+                raise ValueError(
+                    f"sweep_metric={name!r}: the evaluation has variants "
+                    f"{list(rows)}; name one, as report/<variant>/<column>"
+                )
+            rows, prefix = rows[variant], f"report/{variant}/"
+        own = rows[ROW]
         if key not in own or not isinstance(own[key], (int, float)):
-            valid = [f"report/{k}" for k, v in own.items() if isinstance(v, (int, float))]
+            valid = [f"{prefix}{k}" for k, v in own.items() if isinstance(v, (int, float))]
             raise ValueError(f"sweep_metric={name!r}: not in the evaluation; one of {valid}")
         return float(own[key])
     if name not in metrics:

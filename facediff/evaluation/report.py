@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -491,9 +492,15 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     return table
 
 
-def evaluate_model(model, datamodule, p, out_dir, precision=None) -> tuple[dict, str]:
-    """The whole protocol for a model: evaluators, samples (written under out_dir/generated),
-    scores, metrics.json and report.md. Returns (report, table)."""
+def evaluate_model(
+    model, datamodule, p, out_dir, precision=None, extra: dict | None = None
+) -> tuple[dict, str]:
+    """The whole protocol (one variant of it: protocol_variants) for a model: evaluators,
+    samples (written under out_dir/generated), scores, metrics.json (with `extra`) and
+    report.md. Returns (report, table)."""
+    if p.get("variants"):
+        raise ValueError("evaluate_model runs one protocol: give each of protocol_variants(p)")
+    p = {k: v for k, v in p.items() if k != "variants"}
     check_protocol(p)
     parser, classifier = evaluators(
         datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
@@ -504,39 +511,91 @@ def evaluate_model(model, datamodule, p, out_dir, precision=None) -> tuple[dict,
         report["flip"] = flip_check(model, datamodule, parser, classifier, p)
     if precision is None and getattr(model, "build_config", None):
         precision = training_precision(model.build_config)
-    table = write_report(report, out_dir, {"protocol": dict(p), "precision": precision})
+    table = write_report(
+        report, out_dir, {"protocol": dict(p), "precision": precision} | (extra or {})
+    )
     return report, table
 
 
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def protocol_variants(p: dict) -> list[tuple[str | None, dict, dict]]:
+    """The protocols one evaluation runs, as (name, protocol, options): [(None, p, {})]
+    without `evaluation.variants`, else one per variant, its options over the others. A
+    variant changes evaluation options only (eta, solver, num_steps, guidance_scale, ...), so
+    one trained model is evaluated several ways instead of trained once per way; each variant
+    is written to <out>/<name>/ and facediff-report makes it a row of its own. Every protocol
+    is checked (check_protocol) before anything is sampled."""
+    variants = p.get("variants") or {}
+    base = {k: v for k, v in p.items() if k != "variants"}
+    if not isinstance(variants, dict):
+        raise ValueError(
+            f"evaluation.variants={variants!r}: expected a mapping name -> {{option: value}}, "
+            "e.g. {d: {eta: 0.0}, s: {eta: 1.0}}"
+        )
+    out = []
+    for name, options in variants.items():
+        where = f"evaluation.variants.{name}"
+        if not VARIANT_NAME.fullmatch(str(name)):
+            raise ValueError(f"{where}: a variant's name is a folder name (letters, digits, _.-)")
+        if not isinstance(options, dict) or not options:
+            raise ValueError(
+                f"{where}={options!r}: expected a mapping of evaluation options, e.g. {{eta: 1.0}}"
+            )
+        unknown = sorted(set(options) - set(base))
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {unknown}; one of {sorted(base)}")
+        protocol = base | options
+        try:
+            check_protocol(protocol)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        out.append((str(name), protocol, dict(options)))
+    if not out:
+        check_protocol(base)
+    return out or [(None, base, {})]
+
+
 def evaluate_after(cfg, model, datamodule, trainer) -> dict:
-    """The evaluation protocol (cfg.evaluation) on the final model of a training run; prints
-    the table, and writes the precision the model trained in to metrics.json."""
+    """The evaluation protocol (cfg.evaluation) on the final model of a training run, once per
+    variant (evaluation.variants) if it has any; prints the tables, and writes the precision
+    the model trained in to metrics.json. Returns the rows, or {variant: rows}."""
     from omegaconf import OmegaConf
 
-    protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
-    out = Path(cfg.paths.output_dir) / "evaluation"
-    report, table = evaluate_model(model, datamodule, protocol, out, training_precision(cfg))
-    log_table_to_loggers(trainer, report["rows"], trainer.global_step)
-    gen = report["generated"]
-    print(
-        f"\nevaluation of {report['num_samples']} samples at step {trainer.global_step} (EMA "
-        f"{gen['use_ema']}, {gen['sampler']} {gen['num_steps']} steps, guidance "
-        f"{gen['guidance_scale']}; {out / 'metrics.json'}):\n{table}\n"
-        + "".join(f"  {k}: {v}\n" for k, v in report["extractors"].items())
-        + (flip_lines(report["flip"]) if "flip" in report else "")
-    )
-    return report["rows"]
+    protocols = protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
+    results = {}
+    for name, protocol, options in protocols:
+        out = Path(cfg.paths.output_dir) / "evaluation" / (name or "")
+        extra = {"variant": {"name": name, "options": options}} if name else {}
+        report, table = evaluate_model(
+            model, datamodule, protocol, out, training_precision(cfg), extra
+        )
+        log_table_to_loggers(trainer, report["rows"], trainer.global_step, name)
+        gen = report["generated"]
+        print(
+            f"\nevaluation{f' {name} ({options})' if name else ''} of {report['num_samples']} "
+            f"samples at step {trainer.global_step} (EMA {gen['use_ema']}, {gen['sampler']} "
+            f"{gen['num_steps']} steps, eta {gen['eta']}, guidance {gen['guidance_scale']}; "
+            f"{out / 'metrics.json'}):\n{table}\n"
+            + "".join(f"  {k}: {v}\n" for k, v in report["extractors"].items())
+            + (flip_lines(report["flip"]) if "flip" in report else "")
+        )
+        results[name] = report["rows"]
+    return results if protocols[0][0] else results[None]
 
 
-def log_table_to_loggers(trainer, rows: dict, step: int) -> None:
-    """The evaluation table as a wandb.Table ("evaluation/table") in the run's W&B run, and its
-    numbers as evaluation/<row>/<column> for W&B's summary and the other loggers."""
+def log_table_to_loggers(trainer, rows: dict, step: int, variant: str | None = None) -> None:
+    """The evaluation table as a wandb.Table ("evaluation/table", or "evaluation/<variant>/table")
+    in the run's W&B run, and its numbers as evaluation/[<variant>/]<row>/<column> for W&B's
+    summary and the other loggers."""
     columns = [c[0] for c in COLUMNS]  # the printed table's columns
+    prefix = f"evaluation/{variant}" if variant else "evaluation"
     flat = {}
     for name, row in rows.items():
         key = name.split(" (")[0].replace(" ", "_")
         flat |= {
-            f"evaluation/{key}/{c}": float(row[c])
+            f"{prefix}/{key}/{c}": float(row[c])
             for c in columns
             if isinstance(row.get(c), (int, float))
         }
@@ -547,7 +606,7 @@ def log_table_to_loggers(trainer, rows: dict, step: int) -> None:
                 + [row.get(c) if isinstance(row.get(c), (int, float)) else None for c in columns]
                 for name, row in rows.items()
             ]
-            lg.log_table("evaluation/table", columns=["row", *columns], data=data, step=step)
+            lg.log_table(f"{prefix}/table", columns=["row", *columns], data=data, step=step)
         if flat:
             lg.log_metrics(flat, step=step)
         lg.save()

@@ -3,8 +3,12 @@
 A multirun folder holds Hydra's `multirun.yaml` and one folder per job (`0/`, `1/`, ...), each
 with `.hydra/overrides.yaml` (the job's own overrides) and, when the job ran the evaluation
 protocol, `evaluation/metrics.json` (`facediff-train -m ... evaluate_after=true`) or
-`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps). A job's setting is its overrides
-without `seed=`; jobs of one setting made at different times (several folders) are one row.
+`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps);
+a job with `evaluation.variants` (its .hydra/config.yaml) has one per variant in
+`[evaluation/]<variant>/` and counts as one job per variant, the variant's options added to its
+overrides (`evaluation.eta=1.0`), as if the option had been swept. A job's setting is its
+overrides without `seed=`; jobs of one setting made at different times (several folders) are one
+row.
 Jobs without `metrics.json` are listed as failed. Jobs whose protocols differ are refused: a
 table mixing them would compare numbers that are not comparable.
 """
@@ -63,12 +67,57 @@ def read_jobs(folder) -> list[Job]:
         if not overrides_file.is_file():
             continue  # not a job folder Hydra wrote (e.g. a DDP rank's log only)
         overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
-        found = [  # facediff-train's, facediff-evaluate's
-            f for f in (job / "evaluation" / "metrics.json", job / "metrics.json") if f.is_file()
-        ]
-        metrics = json.loads(found[0].read_text()) if found else None
-        jobs.append(Job(job, overrides, metrics))
+        variants = _variants(job)
+        if variants:  # evaluation.variants: one job evaluated several ways, a Job each
+            for name, options in variants.items():
+                where = _metrics_file(job, name)
+                jobs.append(
+                    Job(
+                        where.parent,
+                        overrides
+                        + [f"evaluation.{k}={override_value(v)}" for k, v in options.items()],
+                        json.loads(where.read_text()) if where.is_file() else None,
+                    )
+                )
+            continue
+        where = _metrics_file(job)
+        jobs.append(
+            Job(job, overrides, json.loads(where.read_text()) if where.is_file() else None)
+        )
     return jobs
+
+
+def _metrics_file(job: Path, variant: str = "") -> Path:
+    """facediff-train's <job>/evaluation/[<variant>/]metrics.json or facediff-evaluate's
+    <job>/[<variant>/]metrics.json (the first that exists; the former if neither does)."""
+    found = [
+        f
+        for f in (job / "evaluation" / variant / "metrics.json", job / variant / "metrics.json")
+        if f.is_file()
+    ]
+    return found[0] if found else job / "evaluation" / variant / "metrics.json"
+
+
+def _variants(job: Path) -> dict:
+    """The job's evaluation.variants ({name: {option: value}}) from its .hydra/config.yaml."""
+    config = job / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return {}
+    evaluation = (yaml.safe_load(config.read_text()) or {}).get("evaluation") or {}
+    return evaluation.get("variants") or {}
+
+
+def override_value(value) -> str:
+    """A value as a Hydra command-line override writes it (0.0, dpmpp_2m, null, {attrs:3.0})."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(value)
 
 
 def _setting_overrides(job: Job, common: set[str]) -> list[str]:
@@ -102,7 +151,7 @@ def check_protocols(jobs: list[Job]) -> dict | None:
             for o in j.overrides
             if o.lstrip("+~").startswith("evaluation.")
         }
-        for key in sorted((set(first) | set(p)) - swept):
+        for key in sorted((set(first) | set(p)) - swept - {"variants"}):
             if first.get(key) != p.get(key):
                 raise ValueError(
                     f"evaluation.{key} differs: {first.get(key)!r} in {done[0].folder} but "
@@ -204,7 +253,7 @@ def report(folders, out_dir) -> dict:
             + "."
         )
     if failed:
-        notes.append("Failed jobs (no evaluation/metrics.json): " + ", ".join(failed) + ".")
+        notes.append("Failed jobs (no metrics.json): " + ", ".join(failed) + ".")
     (out / "report.md").write_text("\n".join(md + notes) + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -240,6 +289,7 @@ __all__ = [
     "check_protocols",
     "group",
     "log_to_wandb",
+    "override_value",
     "read_jobs",
     "report",
     "table",

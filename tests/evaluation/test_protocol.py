@@ -146,6 +146,49 @@ def test_table_has_the_paper_columns_only_where_computed():
     assert table[3] == "| samples vs own conditions | 12.35 | 1.23 | 70.0 | - | - | 0.2500 |"
 
 
+def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path):
+    """evaluation.variants: one training, an evaluation per variant in evaluation/<name>/,
+    each with its options over the protocol; the same noise, so eta 0 and eta 1 differ only by
+    eta; a sweeper reads report/<variant>/<column>."""
+    from facediff.cli.train import sweep_value
+
+    cfg = make_cfg(
+        "conditioner=attr",
+        "evaluate_after=true",
+        "evaluation.variants={d:{eta:0.0},s:{eta:1.0},d2:{eta:0.0}}",
+        "evaluation.num_conditions=3",
+        "evaluation.diversity_conditions=0",
+        "evaluation.num_steps=3",
+        "evaluation.parser_steps=2",
+        "evaluation.classifier_steps=2",
+        "evaluation.kid_subset_size=2",
+        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+    )
+    metrics = train(cfg)
+    out = Path(cfg.paths.output_dir) / "evaluation"
+    assert not (out / "metrics.json").exists() and set(metrics["report"]) == {"d", "s", "d2"}
+    reports = {n: json.loads((out / n / "metrics.json").read_text()) for n in ("d", "s", "d2")}
+    for name, eta in (("d", 0.0), ("s", 1.0)):
+        r = reports[name]
+        assert r["variant"] == {"name": name, "options": {"eta": eta}}
+        assert r["protocol"]["eta"] == r["generated"]["eta"] == eta
+        assert "variants" not in r["protocol"] and r["rows"] == metrics["report"][name]
+    images = {n: read_generated(out / n / "generated")[0] for n in ("d", "s", "d2")}
+    assert torch.equal(images["d"], images["d2"])  # the protocol's seeds: repeatable
+    assert not torch.equal(images["d"], images["s"])  # eta changes the samples
+    own = metrics["report"]["s"]["samples vs own conditions"]
+    assert sweep_value(metrics, "report/s/attr_acc") == own["attr_acc"]
+    with pytest.raises(ValueError, match=r"variants \['d', 's', 'd2'\]; name one"):
+        sweep_value(metrics, "report/attr_acc")
+
+
+def test_a_bad_evaluation_variant_fails_before_training(make_cfg, tmp_path):
+    cfg = make_cfg("evaluate_after=true", "evaluation.variants={s:{solver:dpm3}}")
+    with pytest.raises(ValueError, match=r"evaluation\.variants\.s: evaluation\.solver='dpm3'"):
+        train(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
 def test_evaluate_after_training_writes_the_report(make_cfg, tmp_path, capsys):
     cfg = make_cfg(
         "conditioner=attr_mask_concat",

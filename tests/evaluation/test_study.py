@@ -159,6 +159,59 @@ def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
     ]
 
 
+def test_each_evaluation_variant_of_a_job_is_a_row_as_if_swept(tmp_path):
+    """A job with evaluation.variants ({d: {eta: 0.0}, s: {eta: 1.0}}) writes
+    evaluation/<variant>/metrics.json; the report reads each as a job of the setting with the
+    variant's options added, so the rows are those a sweep of evaluation.eta would give; a
+    variant that did not finish is listed as failed, not dropped."""
+    a = sweep_dir(tmp_path, "a")
+    variants = {"d": {"eta": 0.0}, "s": {"eta": 1.0}}
+    for num, (setting, seed) in enumerate([("a", 0), ("a", 1), ("mc", 0), ("mc", 1)]):
+        folder = a / str(num)
+        job(a, num, [f"+cviu_setting={setting}", f"seed={seed}"], None)
+        (folder / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"seed": seed, "evaluation": {"variants": variants}})
+        )
+        for name, options in variants.items():
+            if (setting, seed, name) == ("mc", 1, "s"):
+                continue  # the job stopped before its second evaluation
+            (folder / "evaluation" / name).mkdir(parents=True)
+            metrics = {
+                "rows": {
+                    "samples vs own conditions": {
+                        "attr_acc": 0.8 + options["eta"] / 10 + seed / 100
+                    }
+                },
+                "protocol": PROTOCOL | options,  # the variant's options over the rest
+                "variant": {"name": name, "options": options},
+            }
+            (folder / "evaluation" / name / "metrics.json").write_text(json.dumps(metrics))
+    out = report([a], tmp_path / "out")
+    acc = out["header"].index("attribute acc.")
+    assert [(r[0], r[1], r[acc]) for r in out["rows"]] == [
+        ("+cviu_setting=a evaluation.eta=0.0", "2/2", "80.5 ± 0.7"),
+        ("+cviu_setting=a evaluation.eta=1.0", "2/2", "90.5 ± 0.7"),
+        ("+cviu_setting=mc evaluation.eta=0.0", "2/2", "80.5 ± 0.7"),
+        ("+cviu_setting=mc evaluation.eta=1.0", "1/2", "90.0"),
+    ]
+    assert out["failed"] == [str(a / "3" / "evaluation" / "s")]
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(0.0, "0.0"), (None, "null"), (True, "true"), ("dpmpp_2m", "dpmpp_2m"),
+     ({"attrs": 3.0, "mask": 1.5}, "{attrs:3.0,mask:1.5}")],
+)  # fmt: skip
+def test_variant_options_are_written_as_hydra_overrides(value, text):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from facediff.evaluation.study import override_value
+
+    assert override_value(value) == text
+    parsed = OverridesParser.create().parse_override(f"evaluation.x={text}").value()
+    assert parsed == value  # Hydra reads the override back as the variant's value
+
+
 def test_not_a_multirun_folder(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"not a Hydra multirun folder \(no multirun\.yaml\)"

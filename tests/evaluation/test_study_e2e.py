@@ -17,19 +17,30 @@ from facediff.config import compose
 from tests.conftest import TINY
 
 
-def test_the_study_config_is_a_grid_with_the_evaluation_after_each_job():
+def test_the_study_config_is_table4s_settings_each_evaluated_d_and_s():
     cfg = compose("train", ["+study=cviu_table4"])
     assert cfg.evaluate_after and cfg.task_name == "cviu_table4"
+    # d. and s. DDIM are evaluations of one model, not trainings of their own
+    assert OmegaConf.to_container(cfg.evaluation.variants) == {
+        "d": {"eta": 0.0},
+        "s": {"eta": 1.0},
+    }
     study = OmegaConf.load(Path(__file__).parents[2] / "conf" / "study" / "cviu_table4.yaml")
     grid = {k: str(v).split(",") for k, v in study.hydra.sweeper.params.items()}
-    assert grid == {
-        "conditioner": ["attr", "mask_pooled", "mask_spatial", "multi"],  # a, m, m_np, mc
-        "loss": ["p2", "plain"],
-        "evaluation.eta": ["0.0", "1.0"],  # d. and s. sampling
-        "seed": ["0", "1"],
+    assert grid == {"+cviu_setting": ["a", "m", "m_np", "mc", "mc_plain"], "seed": ["0", "1"]}
+    expected = {  # Table 4's conditionings with P2; Fig. 2's P2 against the plain loss on mc
+        "a": (["attrs"], "P2Weighting"),
+        "m": (["mask"], "P2Weighting"),
+        "m_np": (["mask"], "P2Weighting"),
+        "mc": (["attrs", "mask"], "P2Weighting"),
+        "mc_plain": (["attrs", "mask"], "NoWeighting"),
     }
-    for conditioner in grid["conditioner"]:  # every setting composes
-        compose("train", ["+study=cviu_table4", f"conditioner={conditioner}", "loss=plain"])
+    for setting, (encoders, weighting) in expected.items():
+        cfg = compose("train", ["+study=cviu_table4", f"+cviu_setting={setting}"])
+        assert list(cfg.model.conditioner.encoders) == encoders, setting
+        assert cfg.model.loss.weighting._target_.endswith(weighting), setting
+        mask = cfg.model.conditioner.encoders.get("mask")
+        assert mask is None or mask.pooled == (setting == "m"), setting  # m pooled, m_np not
 
 
 @pytest.mark.slow
@@ -45,17 +56,21 @@ def test_study_then_report(data_dir, tmp_path):
     cmd = [
         sys.executable, "-m", "facediff.cli.train", "-m", "+study=cviu_table4",
         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}", *overrides, *protocol,
-        "conditioner=attr,multi", "loss=p2", "evaluation.eta=0.0", "seed=0,1",
+        "+cviu_setting=a,mc", "seed=0,1",
     ]  # fmt: skip
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(list(sweep.glob("*/checkpoints/last.ckpt"))) == 4  # one training per setting x seed
     result = report_main([str(sweep)])
     rows = {r[0]: r for r in result["rows"]}
-    assert set(rows) == {"conditioner=attr", "conditioner=multi"}
+    assert list(rows) == [  # each evaluated d. and s.
+        f"+cviu_setting={s} evaluation.eta={eta}" for s in ("a", "mc") for eta in ("0.0", "1.0")
+    ]
     assert all(r[1] == "2/2" for r in rows.values()) and not result["failed"]
-    assert rows["conditioner=attr"][result["header"].index("mIoU")] == "-"  # attributes only
-    assert "±" in rows["conditioner=multi"][result["header"].index("mIoU")]
+    miou = result["header"].index("mIoU")
+    assert rows["+cviu_setting=a evaluation.eta=0.0"][miou] == "-"  # attributes only
+    assert "±" in rows["+cviu_setting=mc evaluation.eta=1.0"][miou]
 
 
 STUDIES = sorted(

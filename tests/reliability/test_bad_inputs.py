@@ -260,6 +260,18 @@ EVAL_CASES = {  # facediff-evaluate ckpt_path=<the trained run> evaluation....
     "eval guidance nan": (["evaluation.guidance_scale=nan"], r"evaluation\.guidance_scale=nan"),
     "eval sampler unknown": (["evaluation.solver=dpm3"], r"evaluation\.solver='dpm3': not an"),
     "eval diversity unknown": (["evaluation.diversity=ssim"], r"evaluation\.diversity='ssim'"),
+    "eval variant unknown option": (
+        ["evaluation.variants={d:{etta:0.0}}"],
+        r"evaluation\.variants\.d: unknown option\(s\) \['etta'\]",
+    ),
+    "eval variant bad value": (
+        ["evaluation.variants={s:{eta:2.0}}"],
+        r"evaluation\.variants\.s: evaluation\.eta=2\.0",
+    ),
+    "eval variant not a mapping": (
+        ["evaluation.variants={d:0.0}"],
+        r"evaluation\.variants\.d=0\.0: expected a mapping of evaluation options",
+    ),
     "eval inception file missing": (
         ["evaluation.inception=/nowhere/inception.pt"],
         r"/nowhere/inception\.pt",
