@@ -20,11 +20,14 @@ from tests.conftest import TINY
 def test_the_study_config_is_table4s_settings_each_evaluated_d_and_s():
     cfg = compose("train", ["+study=cviu_table4"])
     assert cfg.evaluate_after and cfg.task_name == "cviu_table4"
-    # d. and s. DDIM are evaluations of one model, not trainings of their own
+    # d. and s. sampling are evaluations of one model, not trainings of their own: on the flow
+    # (CPU scale) flow Euler and the first-order SDE solver (DDIM eta 0 and 1 on its path)
+    assert cfg.sampler.scheduler.path == "diffusers.FlowMatchEulerDiscreteScheduler"  # flow
     assert OmegaConf.to_container(cfg.evaluation.variants) == {
-        "d": {"eta": 0.0},
-        "s": {"eta": 1.0},
+        "d": {"solver": "flow_euler"},
+        "s": {"solver": "sde_dpmpp"},
     }
+    assert cfg.evaluation.num_steps == 25  # both solvers, not their configs' own step counts
     study = OmegaConf.load(Path(__file__).parents[2] / "conf" / "study" / "cviu_table4.yaml")
     grid = {k: str(v).split(",") for k, v in study.hydra.sweeper.params.items()}
     assert grid == {"+cviu_setting": ["a", "m", "m_np", "mc", "mc_plain"], "seed": ["0", "1"]}
@@ -64,13 +67,14 @@ def test_study_then_report(data_dir, tmp_path):
     assert len(list(sweep.glob("*/checkpoints/last.ckpt"))) == 4  # one training per setting x seed
     result = report_main([str(sweep)])
     rows = {r[0]: r for r in result["rows"]}
+    d, s = "evaluation.solver=flow_euler", "evaluation.solver=sde_dpmpp"
     assert list(rows) == [  # each evaluated d. and s.
-        f"+cviu_setting={s} evaluation.eta={eta}" for s in ("a", "mc") for eta in ("0.0", "1.0")
+        f"+cviu_setting={setting} {solver}" for setting in ("a", "mc") for solver in (d, s)
     ]
     assert all(r[1] == "2/2" for r in rows.values()) and not result["failed"]
     miou = result["header"].index("mIoU")
-    assert rows["+cviu_setting=a evaluation.eta=0.0"][miou] == "-"  # attributes only
-    assert "±" in rows["+cviu_setting=mc evaluation.eta=1.0"][miou]
+    assert rows[f"+cviu_setting=a {d}"][miou] == "-"  # attributes only
+    assert "±" in rows[f"+cviu_setting=mc {s}"][miou]
 
 
 STUDIES = sorted(
