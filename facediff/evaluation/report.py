@@ -505,10 +505,14 @@ def evaluate_model(
     parser, classifier = evaluators(
         datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
     )
-    gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
-    report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)
-    if p.get("flip_check"):  # the control flag's effect (facediff.evaluation.flip)
-        report["flip"] = flip_check(model, datamodule, parser, classifier, p)
+    own_sampler = model.sampler  # evaluation.solver switches it for this protocol only
+    try:
+        gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
+        report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)
+        if p.get("flip_check"):  # the control flag's effect (facediff.evaluation.flip)
+            report["flip"] = flip_check(model, datamodule, parser, classifier, p)
+    finally:
+        model.sampler = own_sampler
     if precision is None and getattr(model, "build_config", None):
         precision = training_precision(model.build_config)
     table = write_report(

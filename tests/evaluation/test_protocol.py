@@ -155,7 +155,8 @@ def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path)
     cfg = make_cfg(
         "conditioner=attr",
         "evaluate_after=true",
-        "evaluation.variants={d:{eta:0.0},s:{eta:1.0},d2:{eta:0.0}}",
+        # a variant's solver is its own: d2 (no solver) samples with the checkpoint's DDIM
+        "evaluation.variants={d:{eta:0.0},s:{eta:1.0},dpm:{solver:dpmpp_2m},d2:{eta:0.0}}",
         "evaluation.num_conditions=3",
         "evaluation.diversity_conditions=0",
         "evaluation.num_steps=3",
@@ -166,8 +167,11 @@ def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path)
     )
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir) / "evaluation"
-    assert not (out / "metrics.json").exists() and set(metrics["report"]) == {"d", "s", "d2"}
-    reports = {n: json.loads((out / n / "metrics.json").read_text()) for n in ("d", "s", "d2")}
+    names = ("d", "s", "dpm", "d2")
+    assert not (out / "metrics.json").exists() and tuple(metrics["report"]) == names
+    reports = {n: json.loads((out / n / "metrics.json").read_text()) for n in names}
+    assert reports["dpm"]["generated"]["sampler"] == "Sampler(DPMSolverMultistepScheduler)"
+    assert reports["d2"]["generated"]["sampler"] == "Sampler(DDIMScheduler)"
     for name, eta in (("d", 0.0), ("s", 1.0)):
         r = reports[name]
         assert r["variant"] == {"name": name, "options": {"eta": eta}}
@@ -178,7 +182,7 @@ def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path)
     assert not torch.equal(images["d"], images["s"])  # eta changes the samples
     own = metrics["report"]["s"]["samples vs own conditions"]
     assert sweep_value(metrics, "report/s/attr_acc") == own["attr_acc"]
-    with pytest.raises(ValueError, match=r"variants \['d', 's', 'd2'\]; name one"):
+    with pytest.raises(ValueError, match=r"variants \['d', 's', 'dpm', 'd2'\]; name one"):
         sweep_value(metrics, "report/attr_acc")
 
 
