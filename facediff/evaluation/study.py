@@ -136,6 +136,16 @@ def protocol_defaults() -> dict:
     return yaml.safe_load(files("facediff.conf").joinpath("evaluation/default.yaml").read_text())
 
 
+def swept_options(jobs: list[Job]) -> set[str]:
+    """The evaluation options these jobs set themselves (evaluation.<key>= overrides)."""
+    return {
+        o.partition("=")[0].lstrip("+~").removeprefix("evaluation.")
+        for j in jobs
+        for o in j.overrides
+        if o.lstrip("+~").startswith("evaluation.")
+    }
+
+
 def check_protocols(jobs: list[Job]) -> dict | None:
     """The one protocol all finished jobs share; a ValueError naming the option that differs."""
     done = [j for j in jobs if j.metrics is not None]
@@ -145,12 +155,7 @@ def check_protocols(jobs: list[Job]) -> dict | None:
     first = defaults | done[0].metrics.get("protocol", {})
     for job in done[1:]:
         p = defaults | job.metrics.get("protocol", {})
-        swept = {  # evaluation options a job sets itself are the study's variable, not a clash
-            o.partition("=")[0].lstrip("+~").removeprefix("evaluation.")
-            for j in (done[0], job)
-            for o in j.overrides
-            if o.lstrip("+~").startswith("evaluation.")
-        }
+        swept = swept_options([done[0], job])  # the study's variable, not a clash
         for key in sorted((set(first) | set(p)) - swept - {"variants"}):
             if first.get(key) != p.get(key):
                 raise ValueError(
@@ -236,15 +241,17 @@ def report(folders, out_dir) -> dict:
         f"Common to all jobs: {' '.join(common) or '-'}.",
     ]
     if protocol:
+        swept = swept_options(jobs)  # differ by row: named in the settings, not here
         notes.append(
             "Protocol: "
             + ", ".join(
-                f"{k}={protocol[k]}"
+                f"{k}={protocol[k]}" if k not in swept else f"{k}=(by row)"
                 for k in (
                     "split",
                     "num_conditions",
                     "num_steps",
                     "solver",
+                    "eta",
                     "guidance_scale",
                     "inception",
                 )

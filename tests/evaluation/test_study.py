@@ -195,6 +195,7 @@ def test_each_evaluation_variant_of_a_job_is_a_row_as_if_swept(tmp_path):
         ("+cviu_setting=mc evaluation.eta=1.0", "1/2", "90.0"),
     ]
     assert out["failed"] == [str(a / "3" / "evaluation" / "s")]
+    assert "eta=(by row)" in out["markdown"]  # not the first job's value
 
 
 @pytest.mark.parametrize(
