@@ -26,6 +26,7 @@ import yaml
 from facediff.evaluation.report import COLUMNS
 
 SEED_KEYS = ("seed",)
+VARIANTS = "evaluation.variants"
 ROW = "samples vs own conditions"
 SHUFFLED = "samples vs shuffled conditions"
 
@@ -69,6 +70,8 @@ def read_jobs(folder) -> list[Job]:
         overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
         variants = _variants(job)
         if variants:  # evaluation.variants: one job evaluated several ways, a Job each
+            # (named by each variant's options, not by the override that listed them all)
+            overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") != VARIANTS]
             for name, options in variants.items():
                 where = _metrics_file(job, name)
                 jobs.append(

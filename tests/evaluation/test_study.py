@@ -166,9 +166,15 @@ def test_each_evaluation_variant_of_a_job_is_a_row_as_if_swept(tmp_path):
     variant that did not finish is listed as failed, not dropped."""
     a = sweep_dir(tmp_path, "a")
     variants = {"d": {"eta": 0.0}, "s": {"eta": 1.0}}
+    given = "evaluation.variants={d:{eta:0.0},s:{eta:1.0}}"  # on the command line: not a setting
     for num, (setting, seed) in enumerate([("a", 0), ("a", 1), ("mc", 0), ("mc", 1)]):
         folder = a / str(num)
-        job(a, num, [f"+cviu_setting={setting}", f"seed={seed}"], None)
+        job(
+            a,
+            num,
+            [f"+cviu_setting={setting}", f"seed={seed}"] + [given] * (setting == "mc"),
+            None,
+        )
         (folder / ".hydra" / "config.yaml").write_text(
             yaml.safe_dump({"seed": seed, "evaluation": {"variants": variants}})
         )
