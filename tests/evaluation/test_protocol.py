@@ -146,6 +146,17 @@ def test_table_has_the_paper_columns_only_where_computed():
     assert table[3] == "| samples vs own conditions | 12.35 | 1.23 | 70.0 | - | - | 0.2500 |"
 
 
+def tiny_protocol(tmp_path) -> list[str]:
+    """3 conditions, 2-step evaluators cached under tmp_path/ev, KID on subsets of 2."""
+    return [
+        "evaluation.num_conditions=3",
+        "evaluation.parser_steps=2",
+        "evaluation.classifier_steps=2",
+        "evaluation.kid_subset_size=2",
+        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+    ]
+
+
 def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path):
     """evaluation.variants: one training, an evaluation per variant in evaluation/<name>/,
     each with its options over the protocol; the same noise, so eta 0 and eta 1 differ only by
@@ -157,13 +168,9 @@ def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path)
         "evaluate_after=true",
         # a variant's solver is its own: d2 (no solver) samples with the checkpoint's DDIM
         "evaluation.variants={d:{eta:0.0},s:{eta:1.0},dpm:{solver:dpmpp_2m},d2:{eta:0.0}}",
-        "evaluation.num_conditions=3",
         "evaluation.diversity_conditions=0",
         "evaluation.num_steps=3",
-        "evaluation.parser_steps=2",
-        "evaluation.classifier_steps=2",
-        "evaluation.kid_subset_size=2",
-        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+        *tiny_protocol(tmp_path),
     )
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir) / "evaluation"
@@ -197,14 +204,10 @@ def test_evaluate_after_training_writes_the_report(make_cfg, tmp_path, capsys):
     cfg = make_cfg(
         "conditioner=attr_mask_concat",
         "evaluate_after=true",
-        "evaluation.num_conditions=3",
         "evaluation.diversity_conditions=2",
         "evaluation.samples_per_condition=2",
         "evaluation.num_steps=2",
-        "evaluation.parser_steps=2",
-        "evaluation.classifier_steps=2",
-        "evaluation.kid_subset_size=2",
-        f"evaluation.evaluators_dir={tmp_path / 'ev'}",
+        *tiny_protocol(tmp_path),
     )
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir) / "evaluation"
