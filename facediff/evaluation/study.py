@@ -3,7 +3,9 @@
 A multirun folder holds Hydra's `multirun.yaml` and one folder per job (`0/`, `1/`, ...), each
 with `.hydra/overrides.yaml` (the job's own overrides) and, when the job ran the evaluation
 protocol, `evaluation/metrics.json` (`facediff-train -m ... evaluate_after=true`) or
-`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps);
+`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps; a
+checkpoint a facediff-train job wrote stands for that job's setting and seed, so several seeds'
+checkpoints make one row);
 a job with `evaluation.variants` (its .hydra/config.yaml) has one per variant in
 `[evaluation/]<variant>/` and counts as one job per variant, the variant's options added to its
 overrides (`evaluation.eta=1.0`), as if the option had been swept. A job's setting is its
@@ -67,7 +69,9 @@ def read_jobs(folder) -> list[Job]:
         overrides_file = job / ".hydra" / "overrides.yaml"
         if not overrides_file.is_file():
             continue  # not a job folder Hydra wrote (e.g. a DDP rank's log only)
-        overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
+        overrides = _trained_setting(
+            job, [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
+        )
         variants = _variants(job)
         if variants:  # evaluation.variants: one job evaluated several ways, a Job each
             # (named by each variant's options, not by the override that listed them all)
@@ -88,6 +92,48 @@ def read_jobs(folder) -> list[Job]:
             Job(job, overrides, json.loads(where.read_text()) if where.is_file() else None)
         )
     return jobs
+
+
+def _trained_setting(job: Path, overrides: list[str]) -> list[str]:
+    """A facediff-evaluate job's `ckpt_path=` override, replaced by the setting of the
+    facediff-train job that wrote the checkpoint (<train job>/checkpoints/<name>.ckpt beside its
+    .hydra/overrides.yaml; a relative path is read from the evaluate job's working directory):
+    its overrides and seed, less its own evaluation options (this job's protocol is the one
+    measured), so that checkpoints of several seeds evaluated alike make one row, mean ± std.
+    A checkpoint other than last.ckpt adds `checkpoint=<name>`. A checkpoint with no training
+    job beside it (one handed over) stays `ckpt_path=...`: a row of its own."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        trained = _training_job(job, value) if key == "ckpt_path" else None
+        if trained is None:
+            out.append(o)
+            continue
+        ckpt, train_overrides = trained
+        out += [
+            t
+            for t in train_overrides
+            if not t.lstrip("+~").startswith(("evaluation.", "evaluate_after="))
+        ]
+        if ckpt.name != "last.ckpt":
+            out.append(f"checkpoint={ckpt.stem}")
+    return out
+
+
+def _training_job(job: Path, ckpt_path: str) -> tuple[Path, list[str]] | None:
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_absolute():
+        hydra_file = job / ".hydra" / "hydra.yaml"
+        runtime = (
+            (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
+            if hydra_file.is_file()
+            else {}
+        )
+        ckpt = Path(runtime.get("cwd") or ".") / ckpt
+    overrides_file = ckpt.parent.parent / ".hydra" / "overrides.yaml"
+    if ckpt.parent.name != "checkpoints" or not overrides_file.is_file():
+        return None
+    return ckpt, [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
 
 
 def _metrics_file(job: Path, variant: str = "") -> Path:

@@ -159,6 +159,44 @@ def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
     ]
 
 
+def test_checkpoints_of_a_training_sweep_are_rows_by_their_setting_and_seed(tmp_path):
+    """facediff-evaluate -m ckpt_path=<train job>/checkpoints/last.ckpt,... (solvers by steps on
+    every seed of a study): each checkpoint stands for its training job's setting and seed, so
+    the seeds make one row (mean ± std), the training's own evaluation options drop out (this
+    job's protocol is the one measured), a relative path is read from the evaluate job's working
+    directory, another checkpoint of the job is a setting of its own, and a checkpoint with no
+    training job beside it stays a row by its path."""
+    train = sweep_dir(tmp_path / "work", "train")
+    for num, (objective, seed) in enumerate([("eps", 0), ("eps", 1), ("flow", 0)]):
+        overrides = [f"objective={objective}", f"seed={seed}", "evaluation.num_steps=25"]
+        job(train, num, overrides, None)
+        (train / str(num) / "checkpoints").mkdir()
+    handed = tmp_path / "handed.ckpt"
+    ckpts = ["train/0/checkpoints/last.ckpt", str(train / "1/checkpoints/last.ckpt")]
+    ckpts += ["train/2/checkpoints/last.ckpt", "train/2/checkpoints/step=300.ckpt", str(handed)]
+    ev = sweep_dir(tmp_path, "ev")
+    for num, ckpt in enumerate(ckpts):
+        job(
+            ev,
+            num,
+            [f"ckpt_path={ckpt}", "evaluation.num_steps=10"],
+            {"fid": 100.0 + num},
+            where="",
+        )
+        (ev / str(num) / ".hydra" / "hydra.yaml").write_text(
+            yaml.safe_dump({"hydra": {"runtime": {"cwd": str(tmp_path / "work")}}})
+        )
+    out = report([ev], tmp_path / "out")
+    fid = out["header"].index("FID")
+    assert [(r[0], r[1], r[fid]) for r in out["rows"]] == [
+        ("objective=eps", "2/2", "100.50 ± 0.71"),
+        ("objective=flow", "1/1", "102.00"),
+        ("objective=flow checkpoint=step=300", "1/1", "103.00"),
+        (f"ckpt_path={handed}", "1/1", "104.00"),
+    ]
+    assert out["common"] == ["evaluation.num_steps=10"]
+
+
 def test_each_evaluation_variant_of_a_job_is_a_row_as_if_swept(tmp_path):
     """A job with evaluation.variants ({d: {eta: 0.0}, s: {eta: 1.0}}) writes
     evaluation/<variant>/metrics.json; the report reads each as a job of the setting with the
