@@ -23,7 +23,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from facediff.evaluation.generated import META
     from facediff.evaluation.report import (
         check_protocol,
-        evaluate_model,
+        evaluate_variants,
         evaluators,
         protocol_variants,
         score_generated,
@@ -40,11 +40,11 @@ def evaluate(cfg: DictConfig) -> dict:
         model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), use_ema=False)
         model = model.to(cfg.device)
         dm, data = datamodule_for(model), {}
-        for name, p, options in protocols:  # evaluation.variants: each in <output_dir>/<name>
-            extra = {"ckpt_path": str(cfg.ckpt_path)}
-            extra |= {"variant": {"name": name, "options": options}} if name else {}
-            report, table = evaluate_model(model, dm, p, out / (name or ""), extra=extra)
-            data[name] = json.loads((out / (name or "") / "metrics.json").read_text())
+        extra = {"ckpt_path": str(cfg.ckpt_path)}
+        for name, options, report, table, folder in evaluate_variants(
+            model, dm, protocols, out, extra=extra
+        ):  # evaluation.variants: each in <output_dir>/<name>
+            data[name] = json.loads((folder / "metrics.json").read_text())
             _print(report, table, f"evaluation {name} ({options})" if name else "")
         return data if protocols[0][0] else data[None]
     else:

@@ -16,6 +16,7 @@ the report prints, so a number is never shown without the network that produced 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -69,10 +70,8 @@ class TorchScriptInception(torch.nn.Module):
     def __init__(self, path):
         super().__init__()
         self.path = Path(path)
-        try:
-            self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
-        except RuntimeError as e:
-            raise ValueError(f"inception={self.path}: not a TorchScript file ({e})") from e
+        stat = self.path.stat()
+        self.net = _load_torchscript(str(self.path.resolve()), stat.st_mtime_ns, stat.st_size)
         self.name = f"Inception-v3 pool3 (TorchScript {self.path.name})"
 
     def forward(self, x):
@@ -82,6 +81,21 @@ class TorchScriptInception(torch.nn.Module):
         lo, hi = self.input_range
         feats = self.net(x * (hi - lo) + lo)
         return feats.flatten(2).mean(-1) if feats.ndim > 2 else feats
+
+
+@functools.lru_cache(maxsize=2)
+def _load_torchscript(path: str, mtime_ns: int, size: int) -> torch.jit.ScriptModule:
+    """One load per file and version (checking a protocol per variant, then scoring it, loaded
+    the 87 MB network three times per variant); a changed file is loaded again."""
+    try:
+        return torch.jit.load(path, map_location="cpu").eval()
+    except RuntimeError as e:
+        raise ValueError(f"inception={path}: not a TorchScript file ({e})") from e
+
+
+@functools.lru_cache(maxsize=2)
+def _sha1(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def fid_helper_path() -> Path:
@@ -95,7 +109,8 @@ def fid_helper_path() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / FID_HELPER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"inception=fid_helper: {path} is missing; {_GET_INCEPTION}")
-    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    stat = path.stat()
+    sha1 = _sha1(str(path), stat.st_mtime_ns, stat.st_size)
     if sha1 != FID_HELPER_SHA1:
         raise ValueError(f"{path}: sha1 {sha1}, expected {FID_HELPER_SHA1} (a damaged download?)")
     return path

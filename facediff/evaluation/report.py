@@ -561,6 +561,19 @@ def protocol_variants(p: dict) -> list[tuple[str | None, dict, dict]]:
     return out or [(None, base, {})]
 
 
+def evaluate_variants(model, datamodule, protocols, out_dir, precision=None, extra=None):
+    """Each protocol of protocol_variants(p) on one model (evaluate_model), into
+    out_dir/[<variant>/], its metrics.json naming the variant; yields (name, options, report,
+    table, folder) as each finishes: facediff-train's evaluate_after and facediff-evaluate."""
+    for name, protocol, options in protocols:
+        out = Path(out_dir) / (name or "")
+        more = dict(extra or {}) | (
+            {"variant": {"name": name, "options": options}} if name else {}
+        )
+        report, table = evaluate_model(model, datamodule, protocol, out, precision, more)
+        yield name, options, report, table, out
+
+
 def evaluate_after(cfg, model, datamodule, trainer) -> dict:
     """The evaluation protocol (cfg.evaluation) on the final model of a training run, once per
     variant (evaluation.variants) if it has any; prints the tables, and writes the precision
@@ -569,12 +582,10 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
 
     protocols = protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
     results = {}
-    for name, protocol, options in protocols:
-        out = Path(cfg.paths.output_dir) / "evaluation" / (name or "")
-        extra = {"variant": {"name": name, "options": options}} if name else {}
-        report, table = evaluate_model(
-            model, datamodule, protocol, out, training_precision(cfg), extra
-        )
+    out_dir = Path(cfg.paths.output_dir) / "evaluation"
+    for name, options, report, table, out in evaluate_variants(
+        model, datamodule, protocols, out_dir, training_precision(cfg)
+    ):
         log_table_to_loggers(trainer, report["rows"], trainer.global_step, name)
         gen = report["generated"]
         print(
