@@ -65,3 +65,47 @@ def test_optuna_sweeper_runs_two_trials_on_the_fidelity_metric(data_dir, tmp_pat
     best = (sweep / "optimization_results.yaml").read_text()
     miou = [r["rows"]["samples vs own conditions"]["miou"] for r in runs]
     assert "best_value" in best and any(f"{m}"[:6] in best for m in miou)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_stops_its_workers_with_their_checkpoints(data_dir, tmp_path):
+    """A scheduler's SIGTERM goes to facediff-train, not to joblib's worker processes: it is
+    passed on, so each running job writes its last checkpoint and stops, no worker is left
+    training into the sweep folder, and the job still queued does not start."""
+    import signal
+    import time
+
+    import psutil
+    import torch
+
+    overrides = [o for o in TINY if not o.startswith("~")] + ["~callbacks.progress_bar"]
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "facediff.cli.train", "-m", f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}", *overrides, "trainer.max_steps=100000",
+        "trainer.val_check_interval=5", "+launcher=joblib", "seed=0,1,2",
+    ]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    log = open(tmp_path / "sweep.log", "w")
+    parent = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        ckpts = [sweep / j / "checkpoints" / "last.ckpt" for j in ("0", "1")]
+        deadline = time.time() + 600
+        while not all(c.is_file() for c in ckpts):  # both jobs are training
+            assert parent.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            assert time.time() < deadline, "the two jobs did not start training"
+            time.sleep(1)
+        workers = psutil.Process(parent.pid).children(recursive=True)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=180) != 0
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, f"workers still running after the sweep ended: {alive}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    text = (tmp_path / "sweep.log").read_text()
+    for job in ("0", "1"):
+        assert "SIGTERM received: stopped at step" in (sweep / job / "train.log").read_text()
+        step = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert 0 < step["global_step"] < 100000, text[-3000:]
+    assert not (sweep / "2" / "checkpoints").exists(), "the queued job started after SIGTERM"
