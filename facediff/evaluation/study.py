@@ -144,7 +144,10 @@ def _metrics_file(job: Path, variant: str = "") -> Path:
         for f in (job / "evaluation" / variant / "metrics.json", job / variant / "metrics.json")
         if f.is_file()
     ]
-    return found[0] if found else job / "evaluation" / variant / "metrics.json"
+    if found:
+        return found[0]
+    evaluate_job = (job / "evaluate.log").is_file()  # Hydra's job log, named after the task
+    return (job if evaluate_job else job / "evaluation") / variant / "metrics.json"
 
 
 def _variants(job: Path) -> dict:
@@ -169,12 +172,33 @@ def override_value(value) -> str:
     return str(value)
 
 
-def _setting_overrides(job: Job, common: set[str]) -> list[str]:
+def _setting_overrides(job: Job, common: set[str], same: dict | None = None) -> list[str]:
     return [
         o
         for o in job.overrides
         if o not in common and o.partition("=")[0].lstrip("+~") not in SEED_KEYS
+        if not _measured_alike(o, same or {})
     ]
+
+
+def _measured_alike(override: str, same: dict) -> bool:
+    key, _, value = override.lstrip("+~").partition("=")
+    key = key.removeprefix("evaluation.") if key.startswith("evaluation.") else None
+    return key in same and override_value(same[key]) == value
+
+
+def same_options(jobs: list[Job]) -> dict:
+    """The evaluation options every finished job measured with the same value ({key: value}):
+    an `evaluation.<key>=<that value>` override is not what tells its row apart (facediff-train's
+    study set `evaluation.inception=fid_helper` in its config, facediff-evaluate on the command
+    line), so the rows of both read alike."""
+    done = [j for j in jobs if j.metrics is not None]
+    if not done:
+        return {}
+    defaults = protocol_defaults()
+    protocols = [defaults | j.metrics.get("protocol", {}) for j in done]
+    first = protocols[0]
+    return {k: v for k, v in first.items() if all(p.get(k) == v for p in protocols)}
 
 
 def protocol_defaults() -> dict:
@@ -218,9 +242,10 @@ def check_protocols(jobs: list[Job]) -> dict | None:
 def group(jobs: list[Job]) -> tuple[list[Row], list[str]]:
     """Rows by setting (in order of first appearance) and the overrides common to all jobs."""
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
+    same = same_options(jobs)
     rows: dict[str, Row] = {}
     for job in jobs:
-        setting = " ".join(_setting_overrides(job, common))
+        setting = " ".join(_setting_overrides(job, common, same)) or "(common overrides only)"
         rows.setdefault(setting, Row(setting)).jobs.append(job)
     if len(rows) == 1:  # one setting: name it by its overrides (what all jobs share)
         row = next(iter(rows.values()))
@@ -290,7 +315,7 @@ def report(folders, out_dir) -> dict:
         f"Common to all jobs: {' '.join(common) or '-'}.",
     ]
     if protocol:
-        swept = swept_options(jobs)  # differ by row: named in the settings, not here
+        swept = swept_options(jobs) - set(same_options(jobs))  # differ by row: in the settings
         notes.append(
             "Protocol: "
             + ", ".join(

@@ -197,6 +197,42 @@ def test_checkpoints_of_a_training_sweep_are_rows_by_their_setting_and_seed(tmp_
     assert out["common"] == ["evaluation.num_steps=10"]
 
 
+def test_a_study_and_its_solvers_by_steps_make_one_table(tmp_path):
+    """The training sweep (its protocol in the study's config) and facediff-evaluate on its
+    checkpoints (the same protocol given on the command line, a solver swept) in one report:
+    an evaluation override every job measured alike does not name a row; the solver does."""
+    train = sweep_dir(tmp_path, "train")
+    protocol = PROTOCOL | {"inception": "fid_helper"}
+    for seed in (0, 1):
+        job(train, seed, ["objective=eps", f"seed={seed}"], {"fid": 300.0 + seed}, protocol)
+        (train / str(seed) / "checkpoints").mkdir()
+    ev = sweep_dir(tmp_path, "ev")
+    for seed in (0, 1):
+        overrides = [
+            f"ckpt_path={train / str(seed) / 'checkpoints' / 'last.ckpt'}",
+            "evaluation.inception=fid_helper",
+            "evaluation.solver=unipc",
+        ]
+        metrics = {"fid": 200.0 + seed}
+        job(ev, seed, overrides, metrics, protocol | {"solver": "unipc"}, where="")
+    # a third, still sampling its variant: listed where facediff-evaluate will write it
+    job(ev, 2, [f"ckpt_path={train / '0' / 'checkpoints' / 'last.ckpt'}"], None)
+    (ev / "2" / "evaluate.log").write_text("")
+    (ev / "2" / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"evaluation": {"variants": {"u10": {"solver": "unipc", "num_steps": 10}}}})
+    )
+    out = report([train, ev], tmp_path / "out")
+    assert out["failed"] == [str(ev / "2" / "u10")]
+    assert "inception=fid_helper" in out["markdown"]  # one value: not "(by row)"
+    fid = out["header"].index("FID")
+    assert [(r[0], r[1], r[fid]) for r in out["rows"]] == [
+        ("(common overrides only)", "2/2", "300.50 ± 0.71"),
+        ("evaluation.solver=unipc", "2/2", "200.50 ± 0.71"),
+        ("evaluation.num_steps=10 evaluation.solver=unipc", "0/1", "-"),
+    ]
+    assert out["common"] == ["objective=eps"]
+
+
 def test_each_evaluation_variant_of_a_job_is_a_row_as_if_swept(tmp_path):
     """A job with evaluation.variants ({d: {eta: 0.0}, s: {eta: 1.0}}) writes
     evaluation/<variant>/metrics.json; the report reads each as a job of the setting with the
