@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
 
 import hydra
@@ -62,37 +60,7 @@ def main(cfg: DictConfig) -> float | None:
     return sweep_value(metrics, cfg.sweep_metric)
 
 
-def forward_sigterm_to_workers() -> None:
-    """SIGTERM to facediff-train (a scheduler's, `kill PID`) reaches the sweep's worker
-    processes too (joblib's loky workers run the jobs in processes of their own, outside this
-    one's reach): each job then writes its last checkpoint and stops, as a job run in this
-    process does, instead of training on unseen into the sweep folder. A second SIGTERM ends
-    this process at once. Installed before Hydra starts; a job run in this process chains it
-    behind Lightning's own handler (it then has no workers to signal)."""
-    import psutil
-
-    def forward(signum, frame):
-        children = psutil.Process().children(recursive=True)
-        for child in children:
-            try:
-                child.send_signal(signal.SIGTERM)
-            except psutil.Error:  # already gone
-                pass
-        if children:
-            log.warning("SIGTERM: passed on to %d worker process(es)", len(children))
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one acts at once
-
-    if os.name == "posix":
-        signal.signal(signal.SIGTERM, forward)
-
-
-def cli() -> None:
-    """The facediff-train console script."""
-    forward_sigterm_to_workers()
-    main()
-
-
-__all__ = ["cli", "main", "train"]
+__all__ = ["main", "train"]
 
 if __name__ == "__main__":
-    cli()
+    main()
