@@ -373,5 +373,6 @@ __all__ = [
     "override_value",
     "read_jobs",
     "report",
+    "same_options",
     "table",
 ]
