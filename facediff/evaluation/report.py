@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from facediff import checkpoint
 from facediff.data.batch import condition_batch, repeat_batch, to_device
+from facediff.data.prepared import data_lock
 from facediff.diffusion.solvers import sampler_option
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.flip import face_center_x, flip_lines, mirror
@@ -183,8 +184,10 @@ def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_s
             out.append(None)
             continue
         path = directory / f"{name}.ckpt"
-        if not path.is_file():
-            train_evaluator(name, datamodule, directory, steps)
+        if not path.is_file():  # parallel sweep jobs on new data: one trains it, the others wait
+            with data_lock(directory / name):
+                if not path.is_file():  # not cached by another job meanwhile
+                    train_evaluator(name, datamodule, directory, steps)
         out.append(load_evaluator(name, path, datamodule, steps))
     parser, classifier = out
     classifier.columns(datamodule.attr_names, str(directory / "attribute_classifier.ckpt"))
