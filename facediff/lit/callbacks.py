@@ -141,11 +141,9 @@ class LastCheckpoint(L.Callback):
     def save(self, trainer, why: str | None = None) -> None:
         if trainer.fast_dev_run or trainer.global_step == self.saved_step:
             return
-        # all ranks; rank 0 writes the full resumable state (optimizer, loops, callbacks), as
-        # Lightning's ModelCheckpoint does: saving "not weights only" (said, so that Lightning
-        # does not log its default at every save). Every load is checkpoint.load, which reads
-        # tensors and plain containers only (torch.load weights_only=True).
-        trainer.save_checkpoint(self.path, weights_only=False)
+        # all ranks; rank 0 writes the full resumable state (optimizer, loops, callbacks:
+        # Lightning's default); every load is checkpoint.load, weights_only=True
+        trainer.save_checkpoint(self.path)
         self.saved_step = trainer.global_step
         if why:
             log.warning(
