@@ -239,10 +239,11 @@ def check_protocols(jobs: list[Job]) -> dict | None:
     return first
 
 
-def group(jobs: list[Job]) -> tuple[list[Row], list[str]]:
-    """Rows by setting (in order of first appearance) and the overrides common to all jobs."""
+def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[str]]:
+    """Rows by setting (in order of first appearance) and the overrides common to all jobs;
+    `same`: same_options(jobs), where the caller has it."""
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
-    same = same_options(jobs)
+    same = same_options(jobs) if same is None else same
     rows: dict[str, Row] = {}
     for job in jobs:
         setting = " ".join(_setting_overrides(job, common, same)) or "(common overrides only)"
@@ -302,7 +303,8 @@ def report(folders, out_dir) -> dict:
     if not jobs:
         raise ValueError(f"{', '.join(map(str, folders))}: no job folders found")
     protocol = check_protocols(jobs)
-    rows, common = group(jobs)
+    same = same_options(jobs)
+    rows, common = group(jobs, same)
     header, body = table(rows)
     failed = [str(j.folder) for j in jobs if j.metrics is None]
     out = Path(out_dir)
@@ -315,7 +317,7 @@ def report(folders, out_dir) -> dict:
         f"Common to all jobs: {' '.join(common) or '-'}.",
     ]
     if protocol:
-        swept = swept_options(jobs) - set(same_options(jobs))  # differ by row: in the settings
+        swept = swept_options(jobs) - set(same)  # differ by row: named in the settings
         notes.append(
             "Protocol: "
             + ", ".join(

@@ -52,6 +52,12 @@ def sweep_dir(root: Path, name: str) -> Path:
     return root / name
 
 
+def rows_with(out: dict, column: str) -> list[tuple[str, str, str]]:
+    """(setting, jobs, the column's cell) of each row of a report."""
+    at = out["header"].index(column)
+    return [(r[0], r[1], r[at]) for r in out["rows"]]
+
+
 def test_rows_per_setting_mean_std_over_seeds_across_folders(tmp_path):
     a, b = sweep_dir(tmp_path, "a"), sweep_dir(tmp_path, "b")
     common = "paths.data_dir=/d"
@@ -187,8 +193,7 @@ def test_checkpoints_of_a_training_sweep_are_rows_by_their_setting_and_seed(tmp_
             yaml.safe_dump({"hydra": {"runtime": {"cwd": str(tmp_path / "work")}}})
         )
     out = report([ev], tmp_path / "out")
-    fid = out["header"].index("FID")
-    assert [(r[0], r[1], r[fid]) for r in out["rows"]] == [
+    assert rows_with(out, "FID") == [
         ("objective=eps", "2/2", "100.50 ± 0.71"),
         ("objective=flow", "1/1", "102.00"),
         ("objective=flow checkpoint=step=300", "1/1", "103.00"),
@@ -224,8 +229,7 @@ def test_a_study_and_its_solvers_by_steps_make_one_table(tmp_path):
     out = report([train, ev], tmp_path / "out")
     assert out["failed"] == [str(ev / "2" / "u10")]
     assert "inception=fid_helper" in out["markdown"]  # one value: not "(by row)"
-    fid = out["header"].index("FID")
-    assert [(r[0], r[1], r[fid]) for r in out["rows"]] == [
+    assert rows_with(out, "FID") == [
         ("(common overrides only)", "2/2", "300.50 ± 0.71"),
         ("evaluation.solver=unipc", "2/2", "200.50 ± 0.71"),
         ("evaluation.num_steps=10 evaluation.solver=unipc", "0/1", "-"),
@@ -267,8 +271,7 @@ def test_each_evaluation_variant_of_a_job_is_a_row_as_if_swept(tmp_path):
             }
             (folder / "evaluation" / name / "metrics.json").write_text(json.dumps(metrics))
     out = report([a], tmp_path / "out")
-    acc = out["header"].index("attribute acc.")
-    assert [(r[0], r[1], r[acc]) for r in out["rows"]] == [
+    assert rows_with(out, "attribute acc.") == [
         ("+cviu_setting=a evaluation.eta=0.0", "2/2", "80.5 ± 0.7"),
         ("+cviu_setting=a evaluation.eta=1.0", "2/2", "90.5 ± 0.7"),
         ("+cviu_setting=mc evaluation.eta=0.0", "2/2", "80.5 ± 0.7"),
