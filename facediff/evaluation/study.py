@@ -101,7 +101,11 @@ def _trained_setting(job: Path, overrides: list[str]) -> list[str]:
     its overrides and seed, less its own evaluation options (this job's protocol is the one
     measured), so that checkpoints of several seeds evaluated alike make one row, mean ± std.
     A checkpoint other than last.ckpt adds `checkpoint=<name>`. A checkpoint with no training
-    job beside it (one handed over) stays `ckpt_path=...`: a row of its own."""
+    job beside it (one handed over) stays `ckpt_path=...`: a row of its own, and so does a
+    facediff-train job's `ckpt_path=` (a run resumed from a checkpoint is a setting of its own,
+    not the run it started from)."""
+    if _hydra(job).get("job", {}).get("config_name") == "train":
+        return overrides  # a training job resumed from a checkpoint: its own setting
     out = []
     for o in overrides:
         key, _, value = o.partition("=")
@@ -123,13 +127,7 @@ def _trained_setting(job: Path, overrides: list[str]) -> list[str]:
 def _training_job(job: Path, ckpt_path: str) -> tuple[Path, list[str]] | None:
     ckpt = Path(ckpt_path)
     if not ckpt.is_absolute():
-        hydra_file = job / ".hydra" / "hydra.yaml"
-        runtime = (
-            (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
-            if hydra_file.is_file()
-            else {}
-        )
-        ckpt = Path(runtime.get("cwd") or ".") / ckpt
+        ckpt = Path(_hydra(job).get("runtime", {}).get("cwd") or ".") / ckpt
     overrides_file = ckpt.parent.parent / ".hydra" / "overrides.yaml"
     if ckpt.parent.name != "checkpoints" or not overrides_file.is_file():
         return None
@@ -146,8 +144,22 @@ def _metrics_file(job: Path, variant: str = "") -> Path:
     ]
     if found:
         return found[0]
-    evaluate_job = (job / "evaluate.log").is_file()  # Hydra's job log, named after the task
-    return (job if evaluate_job else job / "evaluation") / variant / "metrics.json"
+    return (job if _is_evaluate_job(job) else job / "evaluation") / variant / "metrics.json"
+
+
+def _hydra(job: Path) -> dict:
+    """The job's Hydra settings (.hydra/hydra.yaml's `hydra:`; {} where it has none)."""
+    hydra_file = job / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return {}
+    return (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}
+
+
+def _is_evaluate_job(job: Path) -> bool:
+    """A facediff-evaluate job (its primary config is evaluate.yaml); in a folder without
+    Hydra's settings, one whose log is evaluate.log (Hydra names the log after the job)."""
+    name = _hydra(job).get("job", {}).get("config_name")
+    return name == "evaluate" if name else (job / "evaluate.log").is_file()
 
 
 def _variants(job: Path) -> dict:
@@ -244,10 +256,13 @@ def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[st
     `same`: same_options(jobs), where the caller has it."""
     common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     same = same_options(jobs) if same is None else same
-    rows: dict[str, Row] = {}
+    rows: dict[tuple[str, ...], Row] = {}
     for job in jobs:
-        setting = " ".join(_setting_overrides(job, common, same)) or "(common overrides only)"
-        rows.setdefault(setting, Row(setting)).jobs.append(job)
+        overrides = _setting_overrides(job, common, same)
+        setting = " ".join(overrides) or "(common overrides only)"
+        # one setting whatever the order of its overrides (a variant's options are in its
+        # config's order, a sweep's in the command line's); named as first seen
+        rows.setdefault(tuple(sorted(overrides)), Row(setting)).jobs.append(job)
     if len(rows) == 1:  # one setting: name it by its overrides (what all jobs share)
         row = next(iter(rows.values()))
         row.setting = " ".join(_setting_overrides(row.jobs[0], set())) or "(no overrides)"

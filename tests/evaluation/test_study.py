@@ -46,6 +46,12 @@ def job(
         )
 
 
+def hydra_settings(folder: Path, config_name: str, cwd: Path | None = None) -> None:
+    """The .hydra/hydra.yaml Hydra writes: which command (its primary config) and where it ran."""
+    hydra = {"job": {"config_name": config_name}, "runtime": {"cwd": str(cwd or folder)}}
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+
+
 def sweep_dir(root: Path, name: str) -> Path:
     (root / name).mkdir(parents=True)
     (root / name / "multirun.yaml").write_text("hydra: {}\n")
@@ -189,9 +195,7 @@ def test_checkpoints_of_a_training_sweep_are_rows_by_their_setting_and_seed(tmp_
             {"fid": 100.0 + num},
             where="",
         )
-        (ev / str(num) / ".hydra" / "hydra.yaml").write_text(
-            yaml.safe_dump({"hydra": {"runtime": {"cwd": str(tmp_path / "work")}}})
-        )
+        hydra_settings(ev / str(num), "evaluate", cwd=tmp_path / "work")
     out = report([ev], tmp_path / "out")
     assert rows_with(out, "FID") == [
         ("objective=eps", "2/2", "100.50 ± 0.71"),
@@ -200,6 +204,42 @@ def test_checkpoints_of_a_training_sweep_are_rows_by_their_setting_and_seed(tmp_
         (f"ckpt_path={handed}", "1/1", "104.00"),
     ]
     assert out["common"] == ["evaluation.num_steps=10"]
+
+
+def test_a_training_run_resumed_from_a_checkpoint_keeps_its_own_setting(tmp_path):
+    """facediff-train -m ckpt_path=<job>/checkpoints/last.ckpt trainer.max_steps=...: the resumed
+    run is a setting of its own (its ckpt_path= names it), not a copy of the run it resumed;
+    only facediff-evaluate's jobs stand for the training that wrote their checkpoint."""
+    train = sweep_dir(tmp_path, "train")
+    job(train, 0, ["objective=eps", "seed=0"], {"fid": 300.0})
+    (train / "0" / "checkpoints").mkdir()
+    hydra_settings(train / "0", "train")
+    ckpt = f"ckpt_path={train / '0' / 'checkpoints' / 'last.ckpt'}"
+    more = sweep_dir(tmp_path, "more")
+    job(more, 0, [ckpt, "trainer.max_steps=1200", "seed=0"], {"fid": 250.0})
+    hydra_settings(more / "0", "train")
+    ev = sweep_dir(tmp_path, "ev")
+    job(ev, 0, [ckpt], {"fid": 310.0}, where="")
+    hydra_settings(ev / "0", "evaluate")
+    out = report([train, more, ev], tmp_path / "out")
+    assert rows_with(out, "FID") == [
+        ("objective=eps", "2/2", "305.00 ± 7.07"),
+        (f"{ckpt} trainer.max_steps=1200", "1/1", "250.00"),
+    ]
+
+
+def test_one_setting_whatever_the_order_of_its_overrides(tmp_path):
+    """A variant's options come in its config's order, a sweep's in the command line's: the same
+    options in another order are the same setting, one row named as first seen."""
+    a = sweep_dir(tmp_path, "a")
+    job(a, 0, ["evaluation.solver=ddim", "evaluation.num_steps=10", "seed=0"], {"fid": 10.0})
+    job(a, 1, ["evaluation.num_steps=10", "evaluation.solver=ddim", "seed=1"], {"fid": 12.0})
+    job(a, 2, ["evaluation.num_steps=50", "evaluation.solver=unipc", "seed=0"], {"fid": 20.0})
+    out = report([a], tmp_path / "out")
+    assert rows_with(out, "FID") == [
+        ("evaluation.solver=ddim evaluation.num_steps=10", "2/2", "11.00 ± 1.41"),
+        ("evaluation.num_steps=50 evaluation.solver=unipc", "1/1", "20.00"),
+    ]
 
 
 def test_a_study_and_its_solvers_by_steps_make_one_table(tmp_path):
