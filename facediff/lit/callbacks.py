@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from facediff.checkpoint import atomic_save
+from facediff.checkpoint import atomic_save, load
 from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.visualize import colorize, grid, save_png, to_uint8
 
@@ -187,8 +187,13 @@ class RunInfo(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writes through `facediff.checkpoint.atomic_save`: a temp file,
-    fsync, rename; a kill in the middle of a save leaves the previous file whole."""
+    """Lightning's checkpoint files go through `facediff.checkpoint`: writes through
+    `atomic_save` (a temp file, fsync, rename; a kill in the middle of a save leaves the
+    previous file whole), and the resume's read through `load` (CRC of every record checked,
+    tensors and plain containers only), like every other read, at the moment it is read."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load(path, "a facediff-train checkpoint to resume")
