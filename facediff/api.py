@@ -29,13 +29,17 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> LatentDiffusion:
-    """Rebuild the LatentDiffusion of a checkpoint and load its (EMA) weights."""
+def model_from_checkpoint(ckpt: dict, use_ema: bool = True, path=None) -> LatentDiffusion:
+    """Rebuild the LatentDiffusion of a checkpoint and load its (EMA) weights (`path`: the
+    file it was read from, for the messages)."""
     register_resolvers()
     cfg = OmegaConf.create(ckpt["facediff"]["config"])
     model: LatentDiffusion = instantiate(cfg.model)
+    try:  # first, as Lightning does: the frozen pretrained weights it left out, checked
+        model.on_load_checkpoint(ckpt)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"{path or 'checkpoint'}: {e}") from None
     model.load_state_dict(ckpt["state_dict"])
-    model.on_load_checkpoint(ckpt)
     model.data_info, model.build_config = ckpt["facediff"]["data"], ckpt["facediff"]["config"]
     if use_ema:
         model.ema.copy_to(model.trainable_parameters())
@@ -88,7 +92,7 @@ class FaceGenerator:
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu", use_ema: bool = True) -> FaceGenerator:
-        return cls(model_from_checkpoint(load_checkpoint(path), use_ema).to(device))
+        return cls(model_from_checkpoint(load_checkpoint(path), use_ema, path).to(device))
 
     @property
     def conditions(self) -> list[str]:

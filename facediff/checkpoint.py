@@ -15,6 +15,7 @@ sampling, evaluation, the cached evaluators, the W&B run id) goes through `load`
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import pickle
@@ -73,6 +74,17 @@ def atomic_save(obj, path) -> None:
                 f"free); the previous {path.name}, if any, is intact",
             ) from e
         raise
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (every entry's name, dtype, shape and bytes, by name): the
+    fingerprint that ties a checkpoint to the pretrained weights it was trained on."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def verify(path) -> None:
@@ -137,4 +149,4 @@ def load(path, what: str = "a checkpoint") -> dict:
     return obj
 
 
-__all__ = ["CheckpointError", "atomic_save", "load", "verify", "remove_stale_tmp"]
+__all__ = ["CheckpointError", "atomic_save", "load", "verify", "remove_stale_tmp", "state_digest"]

@@ -223,7 +223,7 @@ def _export_lora(ckpt: dict, ckpt_path, use_ema: bool, tmp: Path, out: Path) -> 
     from facediff.models.sd import save_lora
 
     try:
-        model = model_from_checkpoint(ckpt, use_ema)
+        model = model_from_checkpoint(ckpt, use_ema, ckpt_path)
         save_lora(model.denoiser, tmp)
         enc = model.conditioner.encoders["attrs"]
         names = enc.attributes[:2]

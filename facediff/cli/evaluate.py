@@ -37,7 +37,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError("facediff-evaluate: give exactly one of ckpt_path=PATH or images_dir=DIR")
     if cfg.ckpt_path:
         protocols = protocol_variants(protocol)  # all checked before the checkpoint is read
-        model = model_from_checkpoint(load_checkpoint(cfg.ckpt_path), use_ema=False)
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        model = model_from_checkpoint(ckpt, use_ema=False, path=cfg.ckpt_path)
         model = model.to(cfg.device)
         dm, data = datamodule_for(model), {}
         extra = {"ckpt_path": str(cfg.ckpt_path)}

@@ -114,7 +114,9 @@ def test_resume_mid_epoch_continues_exactly(make_cfg, tmp_path):
 
 def test_small_autoencoder_route(make_cfg, tmp_path, data_dir):
     """experiment=autoencoder writes a save_pretrained folder; autoencoder=small_kl trains on
-    its latents and samples decode back to images."""
+    its latents and samples decode back to images. The checkpoint leaves the frozen autoencoder
+    out, names its folder and its sha256; other weights in that folder are refused by name,
+    for sampling and for resuming, instead of decoding with what was not trained with."""
     ae_dir = tmp_path / "ae"
     cfg = make_cfg("experiment=autoencoder", "trainer.max_steps=2", f"model.output_dir={ae_dir}")
     train(cfg)
@@ -137,6 +139,38 @@ def test_small_autoencoder_route(make_cfg, tmp_path, data_dir):
         16,
         3,
     )
+    from safetensors.torch import load_file, save_file
+
+    from facediff.checkpoint import CheckpointError, load
+
+    ckpt = load(last_ckpt(cfg))
+    assert not [k for k in ckpt["state_dict"] if k.startswith("autoencoder.")]
+    record = ckpt["pretrained_frozen"]["autoencoder.model"]
+    assert record["source"] == f"autoencoder.pretrained={ae_dir}"
+    weights = {k: v for k, v in gen.model.autoencoder.model.state_dict().items()}
+    assert sorted(record["keys"]) == sorted(f"autoencoder.model.{k}" for k in weights)
+    assert all(
+        torch.equal(v, load_file(ae_dir / "diffusion_pytorch_model.safetensors")[k])
+        for k, v in weights.items()
+    )  # the folder's weights, restored as they were
+
+    state = load_file(ae_dir / "diffusion_pytorch_model.safetensors")
+    name = sorted(state)[0]
+    state[name] = state[name] + 1e-3  # the folder now holds other weights
+    save_file(state, ae_dir / "diffusion_pytorch_model.safetensors")
+    changed = rf"autoencoder\.pretrained={ae_dir} now holds other weights"
+    with pytest.raises(CheckpointError, match=rf"last\.ckpt: the checkpoint .*{changed}"):
+        FaceGenerator.from_checkpoint(last_ckpt(cfg))
+    resume = make_cfg(
+        "conditioner=attr_mask_concat",
+        "autoencoder=small_kl",
+        f"autoencoder.pretrained={ae_dir}",
+        f"paths.output_dir={tmp_path / 'ldm'}",
+        f"ckpt_path={last_ckpt(cfg)}",
+        "trainer.max_steps=4",
+    )
+    with pytest.raises(CheckpointError, match=rf"ckpt_path=.*last\.ckpt: .*{changed}"):
+        train(resume)
 
 
 def test_patch_size_2_trains_and_samples_through_the_configs(make_cfg):

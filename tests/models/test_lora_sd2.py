@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from facediff import checkpoint
 from facediff.models.sd import (
     LORA_FILE,
     PromptEncoder,
@@ -155,6 +156,19 @@ def test_lora_sd2_trains_only_the_adapters_and_they_load_into_a_stock_pipeline(
     trainable = model.trainable_parameters()
     lora = [p for n, p in model.denoiser.named_parameters() if "lora_" in n]
     assert sum(p.numel() for p in trainable) == sum(p.numel() for p in lora) > 0
+    # the checkpoint holds what trained, not the pipeline's frozen UNet, VAE and text encoder
+    # (their folder and sha256 instead; checked against the folder when read)
+    saved = checkpoint.load(ckpt)
+    assert set(saved["pretrained_frozen"]) == {
+        "autoencoder.model",
+        "conditioner.encoders.attrs.text_encoder",
+        "denoiser.unet",
+    }
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not frozen & set(saved["state_dict"])
+    assert any("lora_B" in k for k in saved["state_dict"])
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert ckpt.stat().st_size < model_bytes / 2
     assert model.noise_scheduler.config.prediction_type == "v_prediction"  # the pipeline's
 
     base_unet = UNet2DConditionModel.from_pretrained(sd2, subfolder="unet")
