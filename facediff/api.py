@@ -7,6 +7,7 @@ images = gen.sample(attributes={"Smiling": 1, "Eyeglasses": 1}, num_samples=4, s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,35 @@ from facediff.conditions import label_map, values_batch
 from facediff.config import instantiate, register_resolvers
 from facediff.lit.diffusion import LatentDiffusion
 
+log = logging.getLogger(__name__)
+
 
 def load_checkpoint(path) -> dict:
     """A facediff-train checkpoint, verified (CRC of every record) and loaded without running
-    code (`facediff.checkpoint.load`)."""
+    code (`facediff.checkpoint.load`). One written before its run reached trainer.max_steps
+    (stopped by a signal or an error) is read, with a warning saying so."""
     path = Path(path).expanduser()
     ckpt = checkpoint.load(path, "a facediff-train checkpoint")
     if not (ckpt.get("facediff") or {}).get("config"):
         raise ValueError(f"{path}: not a facediff-train checkpoint (no 'facediff' config in it)")
+    step, max_steps = training_progress(ckpt)
+    if max_steps and step < max_steps:
+        log.warning(
+            "%s: written at step %d of trainer.max_steps=%d: its run stopped before the end "
+            "(resume it with facediff-train ckpt_path=%s)",
+            path,
+            step,
+            max_steps,
+            path,
+        )
     return ckpt
+
+
+def training_progress(ckpt: dict) -> tuple[int, int | None]:
+    """(the step a checkpoint was written at, its run's trainer.max_steps; None where the run
+    was not bounded by steps)."""
+    max_steps = ((ckpt["facediff"]["config"].get("trainer") or {}).get("max_steps")) or -1
+    return int(ckpt.get("global_step", 0)), (int(max_steps) if max_steps > 0 else None)
 
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True, path=None) -> LatentDiffusion:

@@ -56,6 +56,7 @@ def test_evaluate_checkpoint_then_the_same_folder_gives_the_same_numbers(make_cf
     data = evaluate(compose("evaluate", [f"ckpt_path={ckpt}", f"output_dir={out}", *protocol]))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == data and metrics["ckpt_path"] == str(ckpt)
+    assert metrics["ckpt_step"] == metrics["ckpt_max_steps"] == cfg.trainer.max_steps  # finished
     p = metrics["protocol"]
     assert (p["num_conditions"], p["seed"], p["num_steps"], p["split"]) == (4, 7, 2, "val")
     assert metrics["generated"]["num_steps"] == 2 and metrics["generated"]["use_ema"] is True

@@ -18,7 +18,12 @@ log = logging.getLogger("facediff.evaluate")
 
 def evaluate(cfg: DictConfig) -> dict:
     """Returns the report (rows, extractors, protocol); writes metrics.json and report.md."""
-    from facediff.api import datamodule_for, load_checkpoint, model_from_checkpoint
+    from facediff.api import (
+        datamodule_for,
+        load_checkpoint,
+        model_from_checkpoint,
+        training_progress,
+    )
     from facediff.data.datamodule import FaceDataModule
     from facediff.evaluation.generated import META
     from facediff.evaluation.report import (
@@ -41,7 +46,8 @@ def evaluate(cfg: DictConfig) -> dict:
         model = model_from_checkpoint(ckpt, use_ema=False, path=cfg.ckpt_path)
         model = model.to(cfg.device)
         dm, data = datamodule_for(model), {}
-        extra = {"ckpt_path": str(cfg.ckpt_path)}
+        step, max_steps = training_progress(ckpt)  # a row of its own in facediff-report
+        extra = {"ckpt_path": str(cfg.ckpt_path), "ckpt_step": step, "ckpt_max_steps": max_steps}
         for name, options, report, table, folder in evaluate_variants(
             model, dm, protocols, out, extra=extra
         ):  # evaluation.variants: each in <output_dir>/<name>

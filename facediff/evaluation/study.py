@@ -5,7 +5,8 @@ with `.hydra/overrides.yaml` (the job's own overrides) and, when the job ran the
 protocol, `evaluation/metrics.json` (`facediff-train -m ... evaluate_after=true`) or
 `metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps; a
 checkpoint a facediff-train job wrote stands for that job's setting and seed, so several seeds'
-checkpoints make one row);
+checkpoints make one row; one written before its run's max_steps is a row of its own,
+`stopped_at_step=<N>`);
 a job with `evaluation.variants` (its .hydra/config.yaml) has one per variant in
 `[evaluation/]<variant>/` and counts as one job per variant, the variant's options added to its
 overrides (`evaluation.eta=1.0`), as if the option had been swept. A job's setting is its
@@ -78,20 +79,28 @@ def read_jobs(folder) -> list[Job]:
             overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") != VARIANTS]
             for name, options in variants.items():
                 where = _metrics_file(job, name)
+                metrics = json.loads(where.read_text()) if where.is_file() else None
                 jobs.append(
                     Job(
                         where.parent,
                         overrides
-                        + [f"evaluation.{k}={override_value(v)}" for k, v in options.items()],
-                        json.loads(where.read_text()) if where.is_file() else None,
+                        + [f"evaluation.{k}={override_value(v)}" for k, v in options.items()]
+                        + _stopped_early(metrics),
+                        metrics,
                     )
                 )
             continue
         where = _metrics_file(job)
-        jobs.append(
-            Job(job, overrides, json.loads(where.read_text()) if where.is_file() else None)
-        )
+        metrics = json.loads(where.read_text()) if where.is_file() else None
+        jobs.append(Job(job, overrides + _stopped_early(metrics), metrics))
     return jobs
+
+
+def _stopped_early(metrics: dict | None) -> list[str]:
+    """`stopped_at_step=<N>` where facediff-evaluate measured a checkpoint written before its run
+    reached trainer.max_steps: a row of its own, never averaged with finished runs."""
+    step, max_steps = (metrics or {}).get("ckpt_step"), (metrics or {}).get("ckpt_max_steps")
+    return [f"stopped_at_step={step}"] if max_steps and step < max_steps else []
 
 
 def _trained_setting(job: Path, overrides: list[str]) -> list[str]:

@@ -206,6 +206,30 @@ def test_checkpoints_of_a_training_sweep_are_rows_by_their_setting_and_seed(tmp_
     assert out["common"] == ["evaluation.num_steps=10"]
 
 
+def test_a_checkpoint_of_a_run_that_stopped_early_is_a_row_of_its_own(tmp_path):
+    """facediff-evaluate on a last.ckpt written before its run's max_steps (metrics.json:
+    ckpt_step < ckpt_max_steps): never averaged with the finished seeds, its row says where
+    it stopped."""
+    train = sweep_dir(tmp_path, "train")
+    for seed in (0, 1, 2):
+        job(train, seed, ["objective=eps", f"seed={seed}"], None)
+        (train / str(seed) / "checkpoints").mkdir()
+    ev = sweep_dir(tmp_path, "ev")
+    for seed, step in [(0, 600), (1, 600), (2, 300)]:
+        ckpt = train / str(seed) / "checkpoints" / "last.ckpt"
+        job(ev, seed, [f"ckpt_path={ckpt}"], {"fid": 100.0 + seed}, where="")
+        hydra_settings(ev / str(seed), "evaluate")
+        metrics = json.loads((ev / str(seed) / "metrics.json").read_text())
+        metrics |= {"ckpt_path": str(ckpt), "ckpt_step": step, "ckpt_max_steps": 600}
+        (ev / str(seed) / "metrics.json").write_text(json.dumps(metrics))
+    out = report([ev], tmp_path / "out")
+    assert rows_with(out, "FID") == [
+        ("(common overrides only)", "2/2", "100.50 ± 0.71"),
+        ("stopped_at_step=300", "1/1", "102.00"),
+    ]
+    assert out["common"] == ["objective=eps"]
+
+
 def test_a_training_run_resumed_from_a_checkpoint_keeps_its_own_setting(tmp_path):
     """facediff-train -m ckpt_path=<job>/checkpoints/last.ckpt trainer.max_steps=...: the resumed
     run is a setting of its own (its ckpt_path= names it), not a copy of the run it resumed;

@@ -671,6 +671,23 @@ def test_a_resized_mask_only_when_asked(trained):
     assert out.shape == (1, 16, 16, 3)
 
 
+def test_a_checkpoint_of_a_run_that_stopped_early_is_read_with_a_warning(
+    tmp_path, make_cfg, trained, monkeypatch, caplog
+):
+    """A last.ckpt written before its run reached max_steps (a SIGTERM, an error) is a model
+    half-trained: sampling or evaluating it says so, naming the step and how to finish it."""
+    t = Ctx(tmp_path, make_cfg, trained, monkeypatch)
+    step = checkpoint.load(t.run[1])["global_step"]
+    with caplog.at_level("WARNING", logger="facediff.api"):
+        load_checkpoint(t.run[1])
+    assert "stopped before the end" not in caplog.text  # the run finished
+    ckpt = copy_ckpt(t, lambda s: s["facediff"]["config"]["trainer"].update(max_steps=1000))
+    with caplog.at_level("WARNING", logger="facediff.api"):
+        FaceGenerator.from_checkpoint(ckpt)
+    assert f"edited.ckpt: written at step {step} of trainer.max_steps=1000" in caplog.text
+    assert f"ckpt_path={ckpt}" in caplog.text
+
+
 # ------------------------------------------------------------------ untrusted checkpoints
 class Payload:
     """Pickles as a call to os.system: loading it unsafely would create the marker file."""
