@@ -9,6 +9,9 @@ from torch import Tensor, nn
 from facediff.data.labels import MASK_CLASSES
 from facediff.models.conditioning import info_nce
 
+# the MCLD-style region term's classes by default: the small regions a face is judged by
+REGION_CLASSES = ("l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 
 
@@ -100,7 +103,9 @@ class DiffusionLoss(nn.Module):
         region_weight: MCLD-style region term (METHODS.md Sec. 4): adds
             region_weight * w(t) * mean(m * (pred - target)^2), m the `region_classes` of the mask
             at latent size (eyes, brows, lips and mouth by default); `region_classes` a list
-            (weight 1 each) or {class: weight} (e.g. eyes and lips heavier than the nose).
+            (weight 1 each) or {class: weight} (e.g. eyes and lips heavier than the nose); None:
+            REGION_CLASSES. (null in conf/loss/p2.yaml, so that an experiment's {class: weight}
+            or a command line's list replaces it instead of failing to merge with it.)
         infonce_weight: InfoNCE on the attribute embeddings (METHODS.md Sec. 2), with `tau`
             and positive `threshold`; needs `attr_embeddings` in `extras`.
     """
@@ -109,21 +114,15 @@ class DiffusionLoss(nn.Module):
         self,
         weighting: nn.Module | None = None,
         region_weight: float = 0.0,
-        region_classes: tuple[str, ...] | dict[str, float] = (
-            "l_eye",
-            "r_eye",
-            "l_brow",
-            "r_brow",
-            "mouth",
-            "u_lip",
-            "l_lip",
-        ),
+        region_classes: tuple[str, ...] | dict[str, float] | None = None,
         infonce_weight: float = 0.0,
         tau: float = 0.07,
         threshold: float = 0.8,
     ):
         super().__init__()
         self.weighting = weighting or NoWeighting()
+        if region_classes is None:
+            region_classes = REGION_CLASSES
         if not hasattr(region_classes, "items"):
             region_classes = {c: 1.0 for c in region_classes}
         unknown = [c for c in region_classes if c not in MASK_CLASSES]

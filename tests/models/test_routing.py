@@ -160,3 +160,26 @@ def test_mcld_experiment_trains_and_samples(make_cfg, form):
         16,
         3,
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, weighting, classes, count",
+    [
+        # MCLD's routing and region weights with P2 instead of min-SNR: routing apart from loss
+        (["experiment=mcld", "loss=p2"], "P2Weighting", {"l_eye": 2.0, "nose": 1.0}, 8),
+        (["loss=p2"], "P2Weighting", {"l_eye": 1.0, "l_lip": 1.0}, 7),  # the default classes
+        (["loss.region_classes=[nose]"], "P2Weighting", {"nose": 1.0}, 1),  # a list replaces them
+        (["loss.region_classes={nose:3.0}"], "P2Weighting", {"nose": 3.0}, 1),  # so does a dict
+    ],
+)
+def test_region_classes_compose_with_every_loss(overrides, weighting, classes, count):
+    """An experiment's {class: weight} and a command line's list or dict replace the loss's
+    default region classes (a list in loss/p2.yaml failed to merge with mcld's dict)."""
+    from facediff.config import compose, instantiate
+    from facediff.data.labels import MASK_CLASSES
+
+    cfg = compose("train", overrides)
+    assert cfg.loss.weighting._target_.endswith(weighting)
+    weights = dict(zip(MASK_CLASSES, instantiate(cfg.loss).region_class_weights.tolist()))
+    assert {c: weights[c] for c in classes} == classes
+    assert sum(w > 0 for w in weights.values()) == count
