@@ -167,6 +167,8 @@ def test_mcld_experiment_trains_and_samples(make_cfg, form):
     [
         # MCLD's routing and region weights with P2 instead of min-SNR: routing apart from loss
         (["experiment=mcld", "loss=p2"], "P2Weighting", {"l_eye": 2.0, "nose": 1.0}, 8),
+        (["experiment=mcld_p2"], "P2Weighting", {"l_eye": 2.0, "nose": 1.0}, 8),  # the same
+        (["experiment=mcld"], "MinSNRWeighting", {"l_eye": 2.0, "nose": 1.0}, 8),
         (["loss=p2"], "P2Weighting", {"l_eye": 1.0, "l_lip": 1.0}, 7),  # the default classes
         (["loss.region_classes=[nose]"], "P2Weighting", {"nose": 1.0}, 1),  # a list replaces them
         (["loss.region_classes={nose:3.0}"], "P2Weighting", {"nose": 3.0}, 1),  # so does a dict
