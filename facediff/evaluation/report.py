@@ -42,6 +42,7 @@ from facediff.evaluation.metrics import (
     to_uint8,
 )
 from facediff.lit.evaluators import AttributeClassifier, FaceParser
+from facediff.provenance import record
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +488,8 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report["rows"])
-    (out_dir / "metrics.json").write_text(json.dumps(report | (extra or {}), indent=1))
+    metrics = report | (extra or {}) | record()  # which code measured it
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     notes = "\n".join(f"- {k}: {v}" for k, v in report.get("extractors", {}).items())
     if "flip" in report:
         notes += "\n\n" + flip_lines(report["flip"])

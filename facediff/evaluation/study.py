@@ -359,6 +359,7 @@ def report(folders, out_dir) -> dict:
             )
             + "."
         )
+    notes += code_notes(jobs)
     if failed:
         notes.append("Failed jobs (no metrics.json): " + ", ".join(failed) + ".")
     (out / "report.md").write_text("\n".join(md + notes) + "\n")
@@ -375,6 +376,33 @@ def report(folders, out_dir) -> dict:
         "paths": [str(out / "report.md"), str(out / "report.csv")],
         "markdown": "\n".join(md + notes),
     }
+
+
+def code_notes(jobs: list[Job]) -> list[str]:
+    """The facediff versions the finished jobs were measured with (metrics.json's `code`), with
+    their job counts, and the jobs whose checkout changed under the running process (`code` !=
+    `code_loaded`: configs read on code imported earlier). Nothing where no job recorded one
+    (metrics.json written before facediff recorded it)."""
+    done = [j for j in jobs if j.metrics is not None and "code" in j.metrics]
+    if not done:
+        return []
+    counts: dict[str, int] = {}
+    for j in done:
+        counts[j.metrics["code"]] = counts.get(j.metrics["code"], 0) + 1
+    lines = ["Code: " + ", ".join(f"{v} ({n} jobs)" for v, n in counts.items()) + "."]
+    if len(done) < len([j for j in jobs if j.metrics is not None]):
+        lines[0] = lines[0][:-1] + "; the other finished jobs did not record theirs."
+    mixed = [
+        str(j.folder)
+        for j in done
+        if j.metrics.get("code_loaded", j.metrics["code"]) != j.metrics["code"]
+    ]
+    if mixed:
+        lines.append(
+            "The checkout changed while these jobs ran (their process had imported other code "
+            "than the configs it then read): " + ", ".join(mixed) + "."
+        )
+    return lines
 
 
 def log_to_wandb(result: dict, project: str = "facediff", offline: bool = True) -> str:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from facediff.checkpoint import atomic_save, load
 from facediff.data.batch import condition_batch, repeat_batch, to_device
+from facediff.provenance import record
 from facediff.visualize import colorize, grid, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class RunInfo(L.Callback):
         self.config, self.data = config, data
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["facediff"] = {"config": self.config, "data": self.data}
+        checkpoint["facediff"] = {"config": self.config, "data": self.data} | record()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

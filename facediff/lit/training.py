@@ -24,6 +24,7 @@ from facediff.data.latents import cache_latents
 from facediff.lit.callbacks import AtomicCheckpointIO, LastCheckpoint, RunInfo
 from facediff.models.autoencoders import PixelSpace
 from facediff.precision import resolve_precision
+from facediff.provenance import LOADED, code_version
 
 log = logging.getLogger("facediff.train")
 
@@ -217,6 +218,16 @@ def fit(cfg: DictConfig, datamodule=None, keep_wandb_open: bool = False) -> FitR
         cfg.trainer.precision = precision
         cfg.precision_reason = why
     log.info("precision %s: %s", precision, why)
+    code = code_version()
+    if code != LOADED:
+        log.warning(
+            "the facediff checkout changed under this process: its code was imported at %s, "
+            "the configs were read at %s, so this job mixes the two (a sweep's workers keep "
+            "the modules they imported); run sweeps from a clone or a git worktree you leave "
+            "alone",
+            LOADED,
+            code,
+        )
     datamodule, model = build(cfg, datamodule)
     if ckpt_path:
         check_resume(ckpt_path, model)

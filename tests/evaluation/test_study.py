@@ -230,6 +230,25 @@ def test_a_checkpoint_of_a_run_that_stopped_early_is_a_row_of_its_own(tmp_path):
     assert out["common"] == ["objective=eps"]
 
 
+def test_the_code_versions_the_jobs_ran_are_listed(tmp_path):
+    """metrics.json records the code that measured it: the report counts the versions and
+    names the jobs whose checkout changed while they ran (code != code_loaded)."""
+    a = sweep_dir(tmp_path, "a")
+    versions = [("abc", "abc"), ("abc", "abc"), ("def", "abc"), None]
+    for num, v in enumerate(versions):
+        job(a, num, ["objective=eps", f"seed={num}"], {"fid": 100.0 + num})
+        if v:
+            where = a / str(num) / "evaluation" / "metrics.json"
+            m = json.loads(where.read_text()) | {"code": v[0], "code_loaded": v[1]}
+            where.write_text(json.dumps(m))
+    md = report([a], tmp_path / "out")["markdown"]
+    assert "Code: abc (2 jobs), def (1 jobs); the other finished jobs did not record theirs." in md
+    assert (
+        f"The checkout changed while these jobs ran (their process had imported other code than the configs it then read): {a / '2'}."
+        in md
+    )
+
+
 def test_a_training_run_resumed_from_a_checkpoint_keeps_its_own_setting(tmp_path):
     """facediff-train -m ckpt_path=<job>/checkpoints/last.ckpt trainer.max_steps=...: the resumed
     run is a setting of its own (its ckpt_path= names it), not a copy of the run it resumed;
