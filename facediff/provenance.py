@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import facediff
-
-ROOT = Path(facediff.__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 TRACKED = ("facediff", "conf")
 
 
@@ -27,18 +26,25 @@ def _git(*args: str) -> bytes:
     ).stdout
 
 
+def _installed() -> str:
+    try:
+        return f"facediff {version('facediff')}"
+    except PackageNotFoundError:
+        return "facediff (version unknown)"
+
+
 def code_version() -> str:
     """'<commit>' for a clean checkout, '<commit>+dirty.<sha1 of the changes>' for one with
     uncommitted changes to facediff/ or conf/, 'facediff <version>' where it is not a checkout
     (an installed wheel, or git missing)."""
     if not ((ROOT / ".git").exists() and (ROOT / "pyproject.toml").is_file()):
-        return f"facediff {facediff.__version__}"
+        return _installed()
     try:
         commit = _git("rev-parse", "--short=12", "HEAD").decode().strip()
         changes = _git("diff", "HEAD", "--", *TRACKED)
         untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *TRACKED)
     except (OSError, subprocess.SubprocessError):
-        return f"facediff {facediff.__version__}"
+        return _installed()
     h = hashlib.sha1(changes)
     for name in sorted(n for n in untracked.split(b"\0") if n):
         path = ROOT / name.decode()

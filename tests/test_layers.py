@@ -1,5 +1,5 @@
 """Imports run one way: cli -> api -> evaluation -> lit -> diffusion -> models -> data, with
-the small utilities (config, checkpoint, precision, visualize) importable from anywhere above
+the small utilities (config, checkpoint, precision, visualize, provenance) importable from anywhere above
 data. Lazy imports inside functions count too: a cycle hidden in a function is still a cycle."""
 
 import ast
@@ -13,6 +13,7 @@ LAYERS = {  # lower imports nothing higher
     "precision": 1,
     "visualize": 1,
     "conditions": 1,
+    "provenance": 1,
     "models": 2,
     "diffusion": 3,
     "lit": 4,

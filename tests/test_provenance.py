@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+import facediff
 from facediff import provenance
 
 
@@ -62,7 +63,7 @@ def test_the_commit_and_a_digest_of_what_changed_since(checkout):
 
 def test_an_installed_copy_is_named_by_its_version(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "ROOT", tmp_path)  # no .git: a wheel in site-packages
-    assert provenance.code_version() == f"facediff {provenance.facediff.__version__}"
+    assert provenance.code_version() == f"facediff {facediff.__version__}"
 
 
 def test_a_checkout_changed_under_a_running_process_is_said(make_cfg, monkeypatch, caplog):

@@ -129,7 +129,8 @@ def check_resume(ckpt_path, model) -> None:
             f"ckpt_path={ckpt_path}: not written by facediff-train (no 'facediff' run record)"
         )
     try:  # the pretrained weights it left out must be the ones in place now
-        model.restore_pretrained(ckpt)
+        if hasattr(model, "restore_pretrained"):  # LatentDiffusion (not an evaluator)
+            model.restore_pretrained(ckpt)
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path}: {e}") from None
     now = model.data_info
