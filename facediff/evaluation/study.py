@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,15 +71,16 @@ def read_jobs(folder) -> list[Job]:
         overrides_file = job / ".hydra" / "overrides.yaml"
         if not overrides_file.is_file():
             continue  # not a job folder Hydra wrote (e.g. a DDP rank's log only)
+        hydra = _hydra(job)  # read once: the command it ran, where it ran
         overrides = _trained_setting(
-            job, [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
+            [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []], hydra
         )
         variants = _variants(job)
         if variants:  # evaluation.variants: one job evaluated several ways, a Job each
             # (named by each variant's options, not by the override that listed them all)
             overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") != VARIANTS]
             for name, options in variants.items():
-                where = _metrics_file(job, name)
+                where = _metrics_file(job, hydra, name)
                 metrics = json.loads(where.read_text()) if where.is_file() else None
                 jobs.append(
                     Job(
@@ -90,7 +92,7 @@ def read_jobs(folder) -> list[Job]:
                     )
                 )
             continue
-        where = _metrics_file(job)
+        where = _metrics_file(job, hydra)
         metrics = json.loads(where.read_text()) if where.is_file() else None
         jobs.append(Job(job, overrides + _stopped_early(metrics), metrics))
     return jobs
@@ -103,7 +105,7 @@ def _stopped_early(metrics: dict | None) -> list[str]:
     return [f"stopped_at_step={step}"] if max_steps and step < max_steps else []
 
 
-def _trained_setting(job: Path, overrides: list[str]) -> list[str]:
+def _trained_setting(overrides: list[str], hydra: dict) -> list[str]:
     """A facediff-evaluate job's `ckpt_path=` override, replaced by the setting of the
     facediff-train job that wrote the checkpoint (<train job>/checkpoints/<name>.ckpt beside its
     .hydra/overrides.yaml; a relative path is read from the evaluate job's working directory):
@@ -113,12 +115,12 @@ def _trained_setting(job: Path, overrides: list[str]) -> list[str]:
     job beside it (one handed over) stays `ckpt_path=...`: a row of its own, and so does a
     facediff-train job's `ckpt_path=` (a run resumed from a checkpoint is a setting of its own,
     not the run it started from)."""
-    if _hydra(job).get("job", {}).get("config_name") == "train":
+    if hydra.get("job", {}).get("config_name") == "train":
         return overrides  # a training job resumed from a checkpoint: its own setting
     out = []
     for o in overrides:
         key, _, value = o.partition("=")
-        trained = _training_job(job, value) if key == "ckpt_path" else None
+        trained = _training_job(value, hydra) if key == "ckpt_path" else None
         if trained is None:
             out.append(o)
             continue
@@ -133,17 +135,17 @@ def _trained_setting(job: Path, overrides: list[str]) -> list[str]:
     return out
 
 
-def _training_job(job: Path, ckpt_path: str) -> tuple[Path, list[str]] | None:
+def _training_job(ckpt_path: str, hydra: dict) -> tuple[Path, list[str]] | None:
     ckpt = Path(ckpt_path)
     if not ckpt.is_absolute():
-        ckpt = Path(_hydra(job).get("runtime", {}).get("cwd") or ".") / ckpt
+        ckpt = Path(hydra.get("runtime", {}).get("cwd") or ".") / ckpt
     overrides_file = ckpt.parent.parent / ".hydra" / "overrides.yaml"
     if ckpt.parent.name != "checkpoints" or not overrides_file.is_file():
         return None
     return ckpt, [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
 
 
-def _metrics_file(job: Path, variant: str = "") -> Path:
+def _metrics_file(job: Path, hydra: dict, variant: str = "") -> Path:
     """facediff-train's <job>/evaluation/[<variant>/]metrics.json or facediff-evaluate's
     <job>/[<variant>/]metrics.json (the first that exists; the former if neither does)."""
     found = [
@@ -153,7 +155,8 @@ def _metrics_file(job: Path, variant: str = "") -> Path:
     ]
     if found:
         return found[0]
-    return (job if _is_evaluate_job(job) else job / "evaluation") / variant / "metrics.json"
+    evaluate_job = _is_evaluate_job(job, hydra)
+    return (job if evaluate_job else job / "evaluation") / variant / "metrics.json"
 
 
 def _hydra(job: Path) -> dict:
@@ -164,10 +167,10 @@ def _hydra(job: Path) -> dict:
     return (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}
 
 
-def _is_evaluate_job(job: Path) -> bool:
+def _is_evaluate_job(job: Path, hydra: dict) -> bool:
     """A facediff-evaluate job (its primary config is evaluate.yaml); in a folder without
     Hydra's settings, one whose log is evaluate.log (Hydra names the log after the job)."""
-    name = _hydra(job).get("job", {}).get("config_name")
+    name = hydra.get("job", {}).get("config_name")
     return name == "evaluate" if name else (job / "evaluate.log").is_file()
 
 
@@ -386,9 +389,7 @@ def code_notes(jobs: list[Job]) -> list[str]:
     done = [j for j in jobs if j.metrics is not None and "code" in j.metrics]
     if not done:
         return []
-    counts: dict[str, int] = {}
-    for j in done:
-        counts[j.metrics["code"]] = counts.get(j.metrics["code"], 0) + 1
+    counts = Counter(j.metrics["code"] for j in done)  # in order of first appearance
     lines = ["Code: " + ", ".join(f"{v} ({n} jobs)" for v, n in counts.items()) + "."]
     if len(done) < len([j for j in jobs if j.metrics is not None]):
         lines[0] = lines[0][:-1] + "; the other finished jobs did not record theirs."
