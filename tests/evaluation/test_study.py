@@ -26,9 +26,11 @@ def job(
     scores: dict | None,
     protocol=None,
     where="evaluation",
+    extra: dict | None = None,
 ):
     """A job folder as facediff-train -m writes it (where="evaluation": evaluation/metrics.json)
-    or facediff-evaluate -m (where="": metrics.json in the job folder)."""
+    or facediff-evaluate -m (where="": metrics.json in the job folder); `extra`: more top-level
+    metrics.json entries (ckpt_step, code, ...)."""
     folder = sweep / str(num)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -42,7 +44,7 @@ def job(
         }
         (folder / where).mkdir(exist_ok=True)
         (folder / where / "metrics.json").write_text(
-            json.dumps({"rows": rows, "protocol": protocol or PROTOCOL})
+            json.dumps({"rows": rows, "protocol": protocol or PROTOCOL} | (extra or {}))
         )
 
 
@@ -217,11 +219,9 @@ def test_a_checkpoint_of_a_run_that_stopped_early_is_a_row_of_its_own(tmp_path):
     ev = sweep_dir(tmp_path, "ev")
     for seed, step in [(0, 600), (1, 600), (2, 300)]:
         ckpt = train / str(seed) / "checkpoints" / "last.ckpt"
-        job(ev, seed, [f"ckpt_path={ckpt}"], {"fid": 100.0 + seed}, where="")
+        progress = {"ckpt_path": str(ckpt), "ckpt_step": step, "ckpt_max_steps": 600}
+        job(ev, seed, [f"ckpt_path={ckpt}"], {"fid": 100.0 + seed}, where="", extra=progress)
         hydra_settings(ev / str(seed), "evaluate")
-        metrics = json.loads((ev / str(seed) / "metrics.json").read_text())
-        metrics |= {"ckpt_path": str(ckpt), "ckpt_step": step, "ckpt_max_steps": 600}
-        (ev / str(seed) / "metrics.json").write_text(json.dumps(metrics))
     out = report([ev], tmp_path / "out")
     assert rows_with(out, "FID") == [
         ("(common overrides only)", "2/2", "100.50 ± 0.71"),
@@ -236,11 +236,8 @@ def test_the_code_versions_the_jobs_ran_are_listed(tmp_path):
     a = sweep_dir(tmp_path, "a")
     versions = [("abc", "abc"), ("abc", "abc"), ("def", "abc"), None]
     for num, v in enumerate(versions):
-        job(a, num, ["objective=eps", f"seed={num}"], {"fid": 100.0 + num})
-        if v:
-            where = a / str(num) / "evaluation" / "metrics.json"
-            m = json.loads(where.read_text()) | {"code": v[0], "code_loaded": v[1]}
-            where.write_text(json.dumps(m))
+        code = {"code": v[0], "code_loaded": v[1]} if v else None
+        job(a, num, ["objective=eps", f"seed={num}"], {"fid": 100.0 + num}, extra=code)
     md = report([a], tmp_path / "out")["markdown"]
     assert "Code: abc (2 jobs), def (1 jobs); the other finished jobs did not record theirs." in md
     assert (
