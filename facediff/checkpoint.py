@@ -76,6 +76,23 @@ def atomic_save(obj, path) -> None:
         raise
 
 
+def atomic_write_text(path, text: str) -> None:
+    """A small text file written whole or not at all (temp file, fsync, rename): a reader on
+    another node sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def state_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's state (every entry's name, dtype, shape and bytes, by name): the
     fingerprint that ties a checkpoint to the pretrained weights it was trained on."""

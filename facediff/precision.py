@@ -1,15 +1,17 @@
-"""Training precision chosen by what the machine does well, decided at run time.
+"""Training precision chosen by what the device can do, the same on every rank of a job.
 
-`trainer.precision: auto` (the default) becomes `bf16-mixed` where bf16 is really faster and
+`trainer.precision: auto` (the default) becomes `bf16-mixed` where bf16 is native and
 `32-true` elsewhere:
 
 - CUDA: bf16-mixed when the device supports bf16 (`torch.cuda.is_bf16_supported()`).
-- CPU: torch first says whether bf16 matmuls are native (oneDNN's bf16 check: AVX-512 BF16 or
-  AMX). Where they are not (AVX2-only CPUs: a bf16 matmul there ran 170x slower than fp32),
-  32-true without measuring. Where they are, a short matmul measurement (about 0.1 s) confirms
-  that bf16 beats fp32 by `MIN_SPEEDUP` before choosing it.
+- CPU: bf16-mixed where torch says bf16 matmuls are native (oneDNN's bf16 check: AVX-512 BF16
+  or AMX; a bf16 matmul there ran 2.2x faster than fp32), 32-true where they are not
+  (AVX2-only CPUs, where a bf16 matmul ran 170x slower than fp32).
 
-No list of CPU names: the same code picks bf16 on an AMX Xeon and fp32 on an AVX2 EPYC.
+A capability, not a timing: a timing taken while the machine is busy can flip, and did (a rank
+of a two-node job measured bf16 slower than fp32 and chose differently from rank 0). No list of
+CPU names either: the same code picks bf16 on an AMX Xeon and fp32 on an AVX2 EPYC. Under DDP,
+rank 0 shares its choice and a rank that chose otherwise stops (`facediff.lit.training`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import types
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
-MIN_SPEEDUP = 1.2  # bf16 must beat fp32 by this much on the CPU to be chosen
-
-
 @functools.cache
 def matmul_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> float:
-    """GFLOP/s of an n x n matmul in `dtype` on the CPU (after one warm-up product)."""
+    """GFLOP/s of an n x n matmul in `dtype` on the CPU (after one warm-up product): for the
+    benchmarks, never for a choice."""
     a = torch.randn(n, n).to(dtype)
     a @ a
     count, t0 = 0, time.perf_counter()
@@ -62,11 +64,7 @@ def choose_precision(accelerator: str = "auto") -> tuple[str, str]:
             f"CPU ({capability}): torch reports no native bf16 matmul (no AVX-512 BF16 / AMX), "
             "so bf16 would be emulated and far slower"
         )
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-    measured = f"256x256 matmul: bf16 {bf16:.1f} vs fp32 {fp32:.1f} GFLOP/s"
-    if bf16 >= MIN_SPEEDUP * fp32:
-        return "bf16-mixed", f"CPU ({capability}) with native bf16; {measured}"
-    return "32-true", f"CPU ({capability}): native bf16 but not faster here; {measured}"
+    return "bf16-mixed", f"CPU ({capability}): torch reports native bf16 matmuls (AVX-512 BF16 / AMX)"
 
 
 def resolve_precision(precision, accelerator: str = "auto") -> tuple[str, str]:
@@ -76,4 +74,39 @@ def resolve_precision(precision, accelerator: str = "auto") -> tuple[str, str]:
     return str(precision), "set by the user (trainer.precision)"
 
 
-__all__ = ["choose_precision", "resolve_precision", "matmul_gflops", "cpu_bf16_native"]
+def _guarded_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if (
+        x.device.type == "cpu"
+        and min(x.shape[-2:]) == 1
+        and (x.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu"))
+    ):
+        bias = None if self.bias is None else self.bias.float()
+        with torch.autocast("cpu", enabled=False):
+            out = self._conv_forward(x.float(), self.weight.float(), bias)
+        return out.to(torch.bfloat16)  # what the bf16 convolution would have returned
+    return self._conv_forward(x, self.weight, self.bias)
+
+
+def guard_strided_convs(module: nn.Module) -> nn.Module:
+    """Run every strided Conv2d of `module` in fp32 when, on the CPU in bf16, its input is a
+    single pixel wide or high; elsewhere it runs as before.
+
+    oneDNN's bf16 convolution computes wrong weight gradients for a strided 3x3 convolution of a
+    1x1 map (a ResNet's or SegFormer's last stage on 16 px masks): values up to 5e34 or inf, not
+    the same from run to run (uninitialised memory, by the look of it), in about one call in
+    twenty on an AVX-512 BF16 EPYC; fp32 and inputs of 2x2 or more are exact
+    (tests/test_precision.py pins it against fp32). Those steps were skipped as non-finite at
+    random under bf16-mixed. A 1x1 map costs nothing to convolve in fp32."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and max(m.stride) > 1 and "forward" not in vars(m):
+            m.forward = types.MethodType(_guarded_conv_forward, m)
+    return module
+
+
+__all__ = [
+    "choose_precision",
+    "cpu_bf16_native",
+    "guard_strided_convs",
+    "matmul_gflops",
+    "resolve_precision",
+]

@@ -14,16 +14,33 @@ def test_avx2_only_cpu_trains_in_fp32(monkeypatch):
     assert chosen == "32-true" and "no native bf16" in why
 
 
-@pytest.mark.parametrize(
-    ("bf16", "fp32", "expected"), [(600.0, 100.0, "bf16-mixed"), (90.0, 100.0, "32-true")]
-)
-def test_native_bf16_cpu_is_measured_before_it_is_chosen(monkeypatch, bf16, fp32, expected):
+def test_native_bf16_cpu_trains_in_bf16_whatever_a_timing_says(monkeypatch):
+    """A capability, not a measurement: a busy machine (bf16 timed slower) chooses the same."""
     monkeypatch.setattr(precision, "cpu_bf16_native", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rates = {torch.bfloat16: bf16, torch.float32: fp32}
-    monkeypatch.setattr(precision, "matmul_gflops", lambda dtype: rates[dtype])
+    monkeypatch.setattr(precision, "matmul_gflops", lambda dtype: pytest.fail("timed"))
     chosen, why = precision.choose_precision("auto")
-    assert chosen == expected and f"bf16 {bf16:.1f} vs fp32 {fp32:.1f} GFLOP/s" in why
+    assert chosen == "bf16-mixed" and "native bf16" in why
+
+
+def test_strided_conv_of_a_single_pixel_is_exact_in_bf16():
+    """oneDNN's bf16 convolution gives a 3x3 stride-2 convolution of a 1x1 map wrong weight
+    gradients (up to 5e34 or inf, about one call in twenty on an AVX-512 BF16 CPU): the
+    guarded convolution matches fp32 in every trial, on every CPU."""
+    torch.manual_seed(0)
+    conv = precision.guard_strided_convs(torch.nn.Conv2d(128, 256, 3, stride=2, padding=1))
+    for _ in range(40):
+        x = torch.randn(4, 128, 1, 1)
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        got = conv.weight.grad.clone()
+        conv.zero_grad()
+        conv(x).square().sum().backward()  # fp32: the reference
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, conv.weight.grad, rtol=0.05, atol=0.05 * got.abs().max())
 
 
 def test_cuda_with_bf16_trains_in_bf16(monkeypatch):

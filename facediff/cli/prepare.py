@@ -20,10 +20,16 @@ def prepare(cfg: DictConfig) -> dict | None:
     report = datamodule.prepare_data(force=cfg.force)
     if report is None:
         log.info("%s already holds a prepared data set (force=true to redo it)", datamodule.root)
-        return None
     datamodule.setup()  # reads it back: format, hash, attribute names
-    print(json.dumps(report, indent=1))
-    print(f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}")
+    if report is not None:
+        print(json.dumps(report, indent=1))
+        print(f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}")
+    if cfg.evaluators:  # ahead of a sweep or a multi-node job: trained once, here
+        from facediff.evaluation.report import evaluators, evaluators_dir
+
+        e = cfg.evaluation
+        evaluators(datamodule, e.evaluators_dir, e.parser_steps, e.classifier_steps)
+        print(f"evaluators ready in {evaluators_dir(datamodule, e.evaluators_dir)}")
     return report
 
 

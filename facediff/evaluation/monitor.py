@@ -9,6 +9,7 @@ import torch
 
 from facediff.data.batch import condition_batch, to_device
 from facediff.evaluation.report import evaluators, roll, score
+from facediff.lit.diffusion import LatentDiffusion
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +38,25 @@ class FidelityMonitor(L.Callback):
         self.parser = self.classifier = None
         self._last_step = -1
 
-    def prepare(self, datamodule) -> None:
-        """Load (or train) the evaluators; facediff-train calls this before fit on rank 0."""
+    def prepare(self, datamodule, train: bool = True) -> None:
+        """Load the evaluators (facediff-train has trained them before fit; `train`: train
+        them here when they are missing)."""
         if self.every_n_steps and self.parser is None:
             self.parser, self.classifier = evaluators(
-                datamodule, self.evaluators_dir, self.parser_steps, self.classifier_steps
+                datamodule, self.evaluators_dir, self.parser_steps, self.classifier_steps, train
             )
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if (
             stage == "fit"
-            and hasattr(pl_module, "generate")
+            and trainer.is_global_zero  # the one rank that measures
+            and isinstance(pl_module, LatentDiffusion)
             and trainer.datamodule is not None
             and not trainer.fast_dev_run  # a wiring check: no evaluators trained for it
         ):
-            self.prepare(trainer.datamodule)
+            # never trained inside a multi-process fit: the other ranks would wait in a
+            # collective for as long as it takes
+            self.prepare(trainer.datamodule, train=trainer.world_size == 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -108,7 +108,7 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
     log.info("training the %s for %d steps (experiment=%s)", name, steps, experiment)
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:  # the caller's random streams are left as they were
-        result = fit(cfg, datamodule=dm)
+        result = fit(cfg, datamodule=dm, single_process=True)  # rank 0 alone, before DDP
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
@@ -174,10 +174,17 @@ def load_evaluator(name: str, path: Path, datamodule, steps: int):
     return module.float().eval()
 
 
-def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_steps: int = 300):
+def evaluators(
+    datamodule,
+    directory=None,
+    parser_steps: int = 300,
+    classifier_steps: int = 300,
+    train: bool = True,
+):
     """(parser, classifier) for this prepared data set: <directory>/face_parser.ckpt and
-    attribute_classifier.ckpt, trained there on first use and checked when loaded
-    (`load_evaluator`). The parser is None for data without masks."""
+    attribute_classifier.ckpt, trained there on first use (`train`; otherwise a missing one is
+    an error) and checked when loaded (`load_evaluator`). The parser is None for data without
+    masks."""
     directory = evaluators_dir(datamodule, directory)
     out = []
     for name, steps in (("face_parser", parser_steps), ("attribute_classifier", classifier_steps)):
@@ -185,6 +192,12 @@ def evaluators(datamodule, directory=None, parser_steps: int = 300, classifier_s
             out.append(None)
             continue
         path = directory / f"{name}.ckpt"
+        if not path.is_file() and not train:
+            raise FileNotFoundError(
+                f"{path}: the {name} is not trained yet, and it is not trained inside a "
+                "multi-process fit; facediff-train trains it before fit, or run facediff-prepare "
+                "evaluators=true first"
+            )
         if not path.is_file():  # parallel sweep jobs on new data: one trains it, the others wait
             with data_lock(directory / name):
                 if not path.is_file():  # not cached by another job meanwhile

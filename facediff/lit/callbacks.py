@@ -180,11 +180,9 @@ class RunInfo(L.Callback):
     classes, source and content hash, and the precision it trained in) into every checkpoint
     as `checkpoint["facediff"]`: resume, sampling and the evaluator cache check it."""
 
-    def __init__(self, config: dict, data: dict):
-        self.config, self.data = config, data
-
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["facediff"] = {"config": self.config, "data": self.data} | record()
+        config, data = pl_module.build_config, pl_module.data_info
+        checkpoint["facediff"] = {"config": config, "data": data} | record()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -193,8 +191,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     previous file whole), and the resume's read through `load` (CRC of every record checked,
     tensors and plain containers only), like every other read, at the moment it is read."""
 
+    def __init__(self, preloaded: dict | None = None):
+        super().__init__()
+        self._preloaded = dict(preloaded or {})  # {path: checkpoint} read once already
+
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         atomic_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if str(path) in self._preloaded:  # facediff-train read it for its checks: not again
+            return self._preloaded.pop(str(path))
         return load(path, "a facediff-train checkpoint to resume")

@@ -19,6 +19,8 @@ from facediff.diffusion.sampling import Sampler, guidance_levels
 from facediff.models.autoencoders import PRETRAINED, Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
 from facediff.models.routing import check_routing
+from facediff.lit.ddp import agree
+from facediff.precision import guard_strided_convs
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class LatentDiffusion(L.LightningModule):
         super().__init__()
         self.pretrained = pretrained
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
+        guard_strided_convs(self)  # oneDNN's bf16 convolution of a 1x1 map (facediff.precision)
         self.loss, self.noise_scheduler, self.sampler = loss, noise_scheduler, sampler
         self.optimizer_factory, self.lr_warmup_steps = optimizer, lr_warmup_steps
         self.image_size, self.max_bad_steps, self.seed = image_size, max_bad_steps, seed
@@ -94,6 +97,7 @@ class LatentDiffusion(L.LightningModule):
         self.bad_steps = 0  # consecutive
         self.total_bad_steps = 0
         self._step_ok = True
+        self._loss_finite = True
         self.build_config: dict | None = None  # the resolved config, saved in checkpoints
         self.data_info: dict | None = None  # attribute names, masks, resolution of the data
 
@@ -238,8 +242,11 @@ class LatentDiffusion(L.LightningModule):
         terms = self.diffusion_loss(batch, self.generator)
         loss = terms["loss"].mean()
         if not torch.isfinite(loss):
-            self._record_bad_step("loss")
-            return None  # Lightning skips backward and the optimizer step
+            # never `return None` (Lightning: unsupported under DDP, the other ranks would wait
+            # in the gradient all-reduce): the backward runs, and on_before_optimizer_step
+            # skips the step on every rank together
+            self._loss_finite = False
+            return loss
         for k, v in terms.items():
             self.log(f"train/{k}", v.mean(), prog_bar=k == "loss", batch_size=len(terms["loss"]))
         return loss
@@ -248,8 +255,11 @@ class LatentDiffusion(L.LightningModule):
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         # one fused norm per tensor: a NaN or inf anywhere makes its norm non-finite
         finite = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()) if grads else True
-        if not finite:
-            self._record_bad_step("gradient")
+        local = "loss" if not self._loss_finite else None if finite else "gradient"
+        # every rank skips, or none does: one all-reduce of the decision (DDP's gradients are
+        # already averaged, but a loss that was non-finite on one rank only must count too)
+        if not agree(self.trainer, local is None):
+            self._record_bad_step(local or "loss or gradient on another rank")
             for p in self.trainable_parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient
 
@@ -277,6 +287,7 @@ class LatentDiffusion(L.LightningModule):
         """The optimizer step, then the EMA: both are done before any callback's
         on_train_batch_end, so a checkpoint written there holds a whole step."""
         super().optimizer_step(*args, **kwargs)
+        self._loss_finite = True  # over the micro-batches of the next step
         if self._step_ok:
             self.bad_steps = 0
             self.ema.step(self.trainable_parameters())

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from facediff.data.labels import NUM_MASK_CLASSES
+from facediff.precision import guard_strided_convs
 
 
 class AttributeClassifier(L.LightningModule):
@@ -56,6 +57,7 @@ class AttributeClassifier(L.LightningModule):
         self.num_features = widths[-1]
         self.data_info: dict | None = None  # set by facediff-train: the attribute names
         self.attr_names: list[str] | None = None
+        guard_strided_convs(self)
 
     def on_fit_start(self) -> None:
         if self.data_info:
@@ -146,6 +148,7 @@ class FaceParser(L.LightningModule):
                 num_labels=NUM_MASK_CLASSES,
                 ignore_mismatched_sizes=True,
             )
+            guard_strided_convs(self)
             return
         n = len(hidden_sizes)
         config = SegformerConfig(
@@ -161,6 +164,7 @@ class FaceParser(L.LightningModule):
             decoder_hidden_size=decoder_hidden_size,
         )
         self.segformer = SegformerForSemanticSegmentation(config)
+        guard_strided_convs(self)
 
     def forward(self, x):
         logits = self.segformer(pixel_values=x).logits

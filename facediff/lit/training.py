@@ -1,4 +1,5 @@
-"""Training a composed config: build the parts, choose the precision, check a resume, fit.
+"""Training a composed config: choose the precision, build the trainer, the data and the model
+(rank 0's one-time work once per job), check a resume, fit.
 
 `fit(cfg)` is the one function that trains an experiment: facediff-train calls it (through
 `facediff.api.train`), and so does the evaluation when it trains its evaluators.
@@ -7,21 +8,21 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from facediff import checkpoint
 from facediff.config import instantiate, register_resolvers, validate
 from facediff.data.latents import cache_latents
 from facediff.lit.callbacks import AtomicCheckpointIO, LastCheckpoint, RunInfo
+from facediff.lit.ddp import ddp_ranks_join_this_job, rank_zero_first
 from facediff.models.autoencoders import PixelSpace
 from facediff.precision import resolve_precision
 from facediff.provenance import LOADED, code_version
@@ -51,16 +52,16 @@ class FitResult:
     trainer: L.Trainer
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """Instantiate the configured loggers; W&B resumes the run of `ckpt_path` and falls back
-    to offline when online logging cannot start."""
+def build_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> list:
+    """Instantiate the configured loggers; W&B continues `wandb_run_id` (the resumed
+    checkpoint's run) and falls back to offline when online logging cannot start."""
     loggers = []
     for _name, lg_cfg in (cfg.get("logger") or {}).items():
         lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
         if "WandbLogger" in lg_cfg.get("_target_", ""):
             from facediff.lit.wandb import wandb_logger
 
-            loggers.append(wandb_logger(lg_cfg, cfg.get("ckpt_path")))
+            loggers.append(wandb_logger(lg_cfg, wandb_run_id))
         else:
             loggers.append(instantiate(lg_cfg))
     return loggers
@@ -86,28 +87,69 @@ def data_info(datamodule, cfg: DictConfig) -> dict:
     }
 
 
-def build(cfg: DictConfig, datamodule=None):
-    """(datamodule, model) from a composed config, checked against each other."""
+def build(cfg: DictConfig, datamodule=None, trainer=None, before_fit=None):
+    """(datamodule, model) from a composed config, checked against each other.
+
+    The job's one-time work happens once, on global rank 0 (`facediff.lit.ddp`): preparing
+    the data (and checking its content hash), encoding the latent cache, and `before_fit(dm)`
+    (the evaluators). The other ranks of a DDP job wait for it, then open the same data without
+    hashing it again and check they read what rank 0 hashed."""
     datamodule = datamodule or instantiate(cfg.data)
     model = instantiate(cfg.model)
     requires = set(getattr(model, "requires", set()))
     datamodule.require_masks = "mask" in requires
-    # Under DDP, Lightning starts ranks 1.. from inside fit (they run this again with LOCAL_RANK
-    # set), so rank 0 has prepared the data before any other rank looks for it.
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        datamodule.prepare_data()
-    datamodule.setup("fit")
     first_stage = getattr(model, "autoencoder", None)
-    if (
+    latents = (
         (cfg.get("latent") or {}).get("cache")
         and first_stage is not None
         and not isinstance(first_stage, PixelSpace)
-    ):
-        # encoded once per data set and autoencoder; training then never runs the encoder
-        datamodule.use_latents(cache_latents(datamodule, first_stage))
+    )
+
+    def open_data():
+        datamodule.setup("fit")
+        if latents:  # encoded once per data set and autoencoder; training never runs it
+            datamodule.use_latents(cache_latents(datamodule, first_stage))
+
+    def rank_zero_work() -> dict:
+        datamodule.prepare_data()
+        open_data()
+        if before_fit is not None:
+            before_fit(datamodule)
+        return {
+            "content_hash": datamodule.data.meta.get("content_hash"),
+            "precision": str(cfg.trainer.get("precision")),
+        }
+
+    if trainer is None:
+        rank_zero_work()
+    else:
+        shared = rank_zero_first(
+            trainer, cfg.paths.output_dir, rank_zero_work, float(cfg.get("ddp_wait_s") or 3600)
+        )
+        if datamodule.data is None:  # a rank > 0: rank 0 prepared and hashed the data
+            datamodule.verify_hash = False
+            open_data()
+        check_same_job(shared, datamodule, cfg)
     model.data_info = data_info(datamodule, cfg)
     model.build_config = OmegaConf.to_container(cfg, resolve=True)
     return datamodule, model
+
+
+def check_same_job(shared: dict, datamodule, cfg: DictConfig) -> None:
+    """A rank > 0 reads the data rank 0 hashed and trains in the precision rank 0 chose."""
+    mine = datamodule.data.meta.get("content_hash")
+    if shared.get("content_hash") != mine:
+        raise RuntimeError(
+            f"{datamodule.root}: this rank reads data with content hash {mine}, rank 0 prepared "
+            f"{shared.get('content_hash')}: the ranks of one job must see the same data folder "
+            "(a file system every node shares; paths.data_dir)"
+        )
+    precision = str(cfg.trainer.get("precision"))
+    if shared.get("precision") != precision:
+        raise RuntimeError(
+            f"trainer.precision: rank 0 chose {shared.get('precision')}, this rank {precision} "
+            "(nodes of different kinds); set trainer.precision explicitly for the job"
+        )
 
 
 RESUME_MUST_MATCH = {  # data_info key -> the option a user changes to make it differ
@@ -118,11 +160,13 @@ RESUME_MUST_MATCH = {  # data_info key -> the option a user changes to make it d
 }
 
 
-def check_resume(ckpt_path, model) -> None:
+def check_resume(ckpt_path, model, ckpt: dict | None = None) -> None:
     """A resumed run must train on what the checkpoint trained on: a different resolution,
     attribute list (names and order), mask classes or latent space is an error naming both
-    values; a changed data content hash or source is a warning (and recorded in the run)."""
-    ckpt = checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume")
+    values; a changed data content hash or source is a warning (and recorded in the run).
+    `ckpt`: the checkpoint already read (read here otherwise)."""
+    if ckpt is None:
+        ckpt = checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume")
     then = (ckpt.get("facediff") or {}).get("data")
     if not then:
         raise checkpoint.CheckpointError(
@@ -152,45 +196,6 @@ def check_resume(ckpt_path, model) -> None:
         now["resumed_on_changed_data"] = {k: then.get(k) for k in changed}
 
 
-@contextmanager
-def ddp_ranks_join_this_job():
-    """Under a Hydra multirun, Lightning starts DDP ranks 1.. by running the command line again
-    (`sys.argv` + `hydra.run.dir=<run dir>`). That command line holds `-m` and the sweep's
-    value lists, so each rank > 0 would run the whole sweep again and write a sweep folder of
-    its own. While fit starts them, the command line is this job's own overrides and the run
-    dir is this job's output folder: rank > 0 joins the job in rank 0's folders. After fit,
-    the process group and the launcher's environment variables (LOCAL_RANK, MASTER_PORT, ...)
-    go, so the next job of the sweep starts its own ranks instead of waiting for old ones."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        yield
-        return
-    hc = HydraConfig.get()
-    argv, run_dir = list(sys.argv), hc.run.dir
-    env = {k: os.environ.get(k) for k in DDP_ENV}
-    sys.argv = [argv[0], *hc.overrides.task]
-    with read_write(hc.run):
-        hc.run.dir = hc.runtime.output_dir
-    try:
-        yield
-    finally:
-        sys.argv = argv
-        with read_write(hc.run):
-            hc.run.dir = run_dir
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK")
-
-
 def finish_wandb(trainer, ok: bool = True) -> None:
     """End the W&B run of a trainer's WandbLogger (its files are complete after this)."""
     for lg in trainer.loggers:
@@ -200,21 +205,62 @@ def finish_wandb(trainer, ok: bool = True) -> None:
             wandb.finish(exit_code=0 if ok else 1)
 
 
-def fit(cfg: DictConfig, datamodule=None, keep_wandb_open: bool = False) -> FitResult:
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint `ckpt_path` names: a file; `auto`: this run's own last.ckpt when it
+    exists (a requeued job, a sweep run again into its folder), nothing otherwise; `last`: the
+    same, but it must exist."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path in ("auto", "last"):
+        last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+        own = Path(last.get("dirpath") or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+        if own.is_file():
+            log.info("ckpt_path=%s: resuming from %s", ckpt_path, own)
+            return str(own)
+        if ckpt_path == "last":
+            raise FileNotFoundError(f"ckpt_path=last: this run has no {own} yet")
+        log.info("ckpt_path=auto: no %s yet, starting from step 0", own)
+        return None
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint")
+    return ckpt_path or None
+
+
+def job_precision(cfg: DictConfig, ckpt: dict | None) -> tuple[str, str]:
+    """trainer.precision for this job: the user's; else, resuming, the checkpoint's (a run
+    that changed precision midway would not continue exactly); else chosen for the device."""
+    setting = cfg.trainer.get("precision")
+    then = ((ckpt or {}).get("facediff") or {}).get("config", {}).get("trainer", {})
+    if setting in (None, "auto") and then.get("precision") not in (None, "auto"):
+        return str(then["precision"]), (
+            f"the precision of the checkpoint resumed ({then['precision']}); set "
+            "trainer.precision to change it"
+        )
+    return resolve_precision(setting, cfg.trainer.get("accelerator", "auto"))
+
+
+def fit(
+    cfg: DictConfig,
+    datamodule=None,
+    keep_wandb_open: bool = False,
+    before_fit=None,
+    single_process: bool = False,
+) -> FitResult:
     """Train as configured (on `datamodule` instead of cfg.data when given). Raises
-    Interrupted after SIGINT/SIGTERM (the last checkpoint written first). With
-    `keep_wandb_open` a run that finished leaves its W&B run open for the evaluation to log
-    into (the caller then calls `finish_wandb`)."""
+    Interrupted after SIGINT/SIGTERM (the last checkpoint written first).
+
+    `before_fit(datamodule)`: the job's other one-time work (the evaluators), done on global
+    rank 0 before any process group forms. `keep_wandb_open`: a run that finished leaves its
+    W&B run open for the evaluation to log into (the caller then calls `finish_wandb`).
+    `single_process`: one process whatever the cluster says (an evaluator trained by rank 0
+    inside a SLURM job)."""
     register_resolvers()
     validate(cfg)  # unknown option names and wrong types, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint")
-    precision, why = resolve_precision(
-        cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")
-    )
+    ckpt_path = resume_path(cfg)
+    # read once: the resume check, the W&B run id, the precision and Lightning's restore
+    ckpt = checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume") if ckpt_path else None
+    precision, why = job_precision(cfg, ckpt)
     with open_dict(cfg):
         cfg.trainer.precision = precision
         cfg.precision_reason = why
@@ -229,24 +275,26 @@ def fit(cfg: DictConfig, datamodule=None, keep_wandb_open: bool = False) -> FitR
             LOADED,
             code,
         )
-    datamodule, model = build(cfg, datamodule)
-    if ckpt_path:
-        check_resume(ckpt_path, model)
     fast = bool(cfg.trainer.get("fast_dev_run"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(RunInfo(model.build_config, model.data_info))
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and not fast:
-        for cb in callbacks:  # evaluators trained before any DDP rank starts
-            if hasattr(cb, "prepare") and hasattr(model, "generate"):
-                cb.prepare(datamodule)
-    loggers = build_loggers(cfg)
+    callbacks.append(RunInfo())
+    loggers = build_loggers(cfg, (ckpt or {}).get("wandb_run_id"))
     if not loggers:  # logger=none: callbacks that need a logger are left out, saying so
-        for cb in [c for c in callbacks if type(c).__name__ == "LearningRateMonitor"]:
+        for cb in [c for c in callbacks if isinstance(c, LearningRateMonitor)]:
             log.info("logger=none: no LearningRateMonitor")
             callbacks.remove(cb)
+    plugins = [AtomicCheckpointIO(preloaded={ckpt_path: ckpt} if ckpt_path else None)]
+    if single_process:
+        plugins.append(LightningEnvironment())
+    elif SLURMEnvironment.detect():  # submitit owns requeue (README, "Scaling out")
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins
     )
+    datamodule, model = build(cfg, datamodule, trainer, None if fast else before_fit)
+    if ckpt_path:
+        check_resume(ckpt_path, model, ckpt)
+    del ckpt  # Lightning gets it from AtomicCheckpointIO, once
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %.2f M", n_params / 1e6)
     for lg in trainer.loggers:
@@ -272,4 +320,13 @@ def fit(cfg: DictConfig, datamodule=None, keep_wandb_open: bool = False) -> FitR
     return FitResult(metrics, model, datamodule, trainer)
 
 
-__all__ = ["FitResult", "Interrupted", "build", "build_loggers", "check_resume", "fit"]
+__all__ = [
+    "FitResult",
+    "Interrupted",
+    "build",
+    "build_loggers",
+    "check_resume",
+    "fit",
+    "job_precision",
+    "resume_path",
+]

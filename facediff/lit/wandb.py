@@ -17,16 +17,14 @@ def run_id_from_checkpoint(ckpt_path) -> str | None:
     return ckpt.get("wandb_run_id")
 
 
-def wandb_logger(cfg: dict, ckpt_path=None):
-    """A WandbLogger from its config dict. A resumed run (`ckpt_path`) continues the W&B run
-    recorded in the checkpoint. Online logging that cannot start (no login, no network, a bad
+def wandb_logger(cfg: dict, run_id: str | None = None):
+    """A WandbLogger from its config dict. A resumed run continues `run_id`, the W&B run its
+    checkpoint recorded. Online logging that cannot start (no login, no network, a bad
     entity) falls back to offline mode, with a warning that says why."""
     cfg = dict(cfg)
-    if ckpt_path and not cfg.get("id"):
-        run_id = run_id_from_checkpoint(ckpt_path)
-        if run_id:
-            cfg["id"], cfg["resume"] = run_id, "allow"
-            log.info("continuing W&B run %s", run_id)
+    if run_id and not cfg.get("id"):
+        cfg["id"], cfg["resume"] = run_id, "allow"
+        log.info("continuing W&B run %s", run_id)
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         cfg["offline"] = True
     logger = instantiate(cfg)
