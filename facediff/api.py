@@ -18,6 +18,7 @@ from facediff import checkpoint
 from facediff.conditions import label_map, values_batch
 from facediff.config import instantiate, register_resolvers
 from facediff.lit.diffusion import LatentDiffusion
+from facediff.precision import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def train(cfg, datamodule=None) -> dict:
         from facediff.evaluation.report import protocol_variants
 
         protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
-    result = fit(cfg, datamodule, keep_wandb_open=evaluate, before_fit=evaluators_for(cfg, evaluate))
+    result = fit(
+        cfg, datamodule, keep_wandb_open=evaluate, before_fit=evaluators_for(cfg, evaluate)
+    )
     metrics = result.metrics
     if evaluate and result.trainer.is_global_zero:  # once per job, not once per rank
         from facediff.evaluation.report import evaluate_after
@@ -137,8 +140,10 @@ class FaceGenerator:
         self.attr_names: list[str] = model.data_info["attr_names"]
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "cpu", use_ema: bool = True) -> FaceGenerator:
-        return cls(model_from_checkpoint(load_checkpoint(path), use_ema, path).to(device))
+    def from_checkpoint(cls, path, device: str = "auto", use_ema: bool = True) -> FaceGenerator:
+        """`device`: auto (CUDA where there is one), cpu, cuda, cuda:N."""
+        model = model_from_checkpoint(load_checkpoint(path), use_ema, path)
+        return cls(model.to(resolve_device(device)))
 
     @property
     def conditions(self) -> list[str]:

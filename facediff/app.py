@@ -132,7 +132,7 @@ class FaceApp:
                 self.data_note = f"validation masks unavailable ({e})"
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "cpu", **kwargs) -> FaceApp:
+    def from_checkpoint(cls, path, device: str = "auto", **kwargs) -> FaceApp:
         return cls(FaceGenerator.from_checkpoint(path, device), **kwargs)
 
     def base_mask(self, source: str, index: int, upload, painted, resize: bool):

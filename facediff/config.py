@@ -15,12 +15,42 @@ def _rendered_attributes():
     return list(RENDERED_ATTRIBUTES)
 
 
+SLURM_PER_TASK = {  # what a SLURM job asks for per device: on GPUs, on CPUs
+    "cpus_per_task": (8, 1),  # a GPU's data loaders; a single-threaded CPU rank
+    "mem_gb": (32, 4),  # per node: this many GB per device (task)
+}
+
+
+def _slurm(what: str, accelerator, devices):
+    """`${slurm:<field>,${trainer.accelerator},${trainer.devices}}`: a SLURM launcher's
+    resources from the trainer's (conf/launcher/slurm_ddp.yaml)."""
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(
+            f"trainer.devices={devices!r}: a SLURM launcher starts one task per device, so name "
+            "the number of devices per node (an integer >= 1), not -1 or 'auto'"
+        )
+    gpu = str(accelerator) in ("gpu", "cuda", "auto")
+    if what == "tasks_per_node":
+        return devices
+    if what == "gpus_per_node":
+        return devices if gpu else None  # a CPU job asks for no GPU
+    if what in SLURM_PER_TASK:
+        per_gpu, per_cpu = SLURM_PER_TASK[what]
+        each = per_gpu if gpu else per_cpu
+        return each * devices if what == "mem_gb" else each
+    raise ValueError(
+        f"${{slurm:{what},...}}: one of tasks_per_node, gpus_per_node, {list(SLURM_PER_TASK)}"
+    )
+
+
 def register_resolvers() -> None:
-    """`${div:a,b}`, `${attr_count:${data.attributes},40}`, `${synthfaces_rendered:}`."""
+    """`${div:a,b}`, `${attr_count:${data.attributes},40}`, `${synthfaces_rendered:}`,
+    `${slurm:<field>,<accelerator>,<devices>}`."""
     resolvers = {
         "div": lambda a, b: int(a) // int(b),
         "attr_count": _attr_count,
         "synthfaces_rendered": _rendered_attributes,
+        "slurm": _slurm,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -44,6 +74,20 @@ def instantiate(cfg, **kwargs):
         raise
 
 
+# groups train.yaml declares in its defaults (null there), so `launcher=slurm_ddp` needs no `+`
+DEFAULTS_GROUPS = ("launcher", "study", "search")
+
+
+def group_overrides(overrides: list[str]) -> list[str]:
+    """`+launcher=x`, `+study=x`, `+search=x` (the spelling from before these groups were in
+    train.yaml's defaults, which Hydra would now refuse) as `launcher=x` etc."""
+    out = []
+    for o in overrides:
+        group = o[1:].split("=", 1)[0] if o.startswith("+") and not o.startswith("++") else ""
+        out.append(o[1:] if group in DEFAULTS_GROUPS else o)
+    return out
+
+
 def compose(config_name: str = "train", overrides: list[str] | None = None):
     """Compose a config from facediff's conf/ outside a Hydra main (notebooks, tests)."""
     from hydra import compose as hydra_compose
@@ -51,6 +95,8 @@ def compose(config_name: str = "train", overrides: list[str] | None = None):
     from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
+    if config_name == "train":
+        overrides = group_overrides(overrides or [])
     if GlobalHydra.instance().is_initialized():  # inside a facediff Hydra main: same search path
         return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
     with initialize_config_module("facediff.conf", version_base="1.3"):

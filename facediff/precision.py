@@ -26,6 +26,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+
 @functools.cache
 def matmul_gflops(dtype: torch.dtype, n: int = 256, seconds: float = 0.05) -> float:
     """GFLOP/s of an n x n matmul in `dtype` on the CPU (after one warm-up product): for the
@@ -64,7 +65,21 @@ def choose_precision(accelerator: str = "auto") -> tuple[str, str]:
             f"CPU ({capability}): torch reports no native bf16 matmul (no AVX-512 BF16 / AMX), "
             "so bf16 would be emulated and far slower"
         )
-    return "bf16-mixed", f"CPU ({capability}): torch reports native bf16 matmuls (AVX-512 BF16 / AMX)"
+    return (
+        "bf16-mixed",
+        f"CPU ({capability}): torch reports native bf16 matmuls (AVX-512 BF16 / AMX)",
+    )
+
+
+def resolve_device(device="auto") -> torch.device:
+    """`auto`: the first CUDA device where there is one, else the CPU; anything else as torch
+    reads it ("cpu", "cuda:1", a torch.device)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r}: expected auto, cpu, cuda or cuda:N ({e})") from None
 
 
 def resolve_precision(precision, accelerator: str = "auto") -> tuple[str, str]:
@@ -108,5 +123,6 @@ __all__ = [
     "cpu_bf16_native",
     "guard_strided_convs",
     "matmul_gflops",
+    "resolve_device",
     "resolve_precision",
 ]

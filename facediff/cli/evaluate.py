@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.config import register_resolvers
+from facediff.precision import resolve_device
 
 log = logging.getLogger("facediff.evaluate")
 
@@ -44,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict:
         protocols = protocol_variants(protocol)  # all checked before the checkpoint is read
         ckpt = load_checkpoint(cfg.ckpt_path)
         model = model_from_checkpoint(ckpt, use_ema=False, path=cfg.ckpt_path)
-        model = model.to(cfg.device)
+        model = model.to(resolve_device(cfg.device))
         dm, data = datamodule_for(model), {}
         step, max_steps = training_progress(ckpt)  # a row of its own in facediff-report
         extra = {"ckpt_path": str(cfg.ckpt_path), "ckpt_step": step, "ckpt_max_steps": max_steps}
@@ -81,7 +82,9 @@ def evaluate(cfg: DictConfig) -> dict:
             protocol["parser_steps"],
             protocol["classifier_steps"],
         )
-        report = score_generated(images_dir, dm, parser, classifier, protocol, cfg.device)
+        report = score_generated(
+            images_dir, dm, parser, classifier, protocol, resolve_device(cfg.device)
+        )
         table = write_report(report, out, {"protocol": protocol, "images_dir": str(images_dir)})
         _print(report, table)
         return json.loads((out / "metrics.json").read_text())

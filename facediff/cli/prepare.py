@@ -23,7 +23,9 @@ def prepare(cfg: DictConfig) -> dict | None:
     datamodule.setup()  # reads it back: format, hash, attribute names
     if report is not None:
         print(json.dumps(report, indent=1))
-        print(f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}")
+        print(
+            f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}"
+        )
     if cfg.evaluators:  # ahead of a sweep or a multi-node job: trained once, here
         from facediff.evaluation.report import evaluators, evaluators_dir
 

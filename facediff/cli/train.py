@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from facediff.api import train
+from facediff.config import group_overrides
 from facediff.lit.training import Interrupted
 
 log = logging.getLogger("facediff.train")
@@ -47,7 +48,7 @@ def sweep_value(metrics: dict, name: str) -> float:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     if cfg.get("threads"):  # one thread per job where sweep jobs run side by side
         torch.set_num_threads(int(cfg.threads))
     try:
@@ -58,6 +59,13 @@ def main(cfg: DictConfig) -> float | None:
     if not cfg.get("sweep_metric") or cfg.trainer.get("fast_dev_run"):
         return metrics.get("val/loss")  # None where no validation ran
     return sweep_value(metrics, cfg.sweep_metric)
+
+
+def main() -> None:
+    """facediff-train: the Hydra main, `+launcher=`/`+study=`/`+search=` read as the groups
+    they now are (`facediff.config.group_overrides`)."""
+    sys.argv = [sys.argv[0], *group_overrides(sys.argv[1:])]
+    _main()
 
 
 __all__ = ["main", "train"]

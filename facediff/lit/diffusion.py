@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from facediff.checkpoint import CheckpointError
 from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas, snr_from_flow_t
 from facediff.diffusion.sampling import Sampler, guidance_levels
+from facediff.lit.ddp import agree
 from facediff.models.autoencoders import PRETRAINED, Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
 from facediff.models.routing import check_routing
-from facediff.lit.ddp import agree
 from facediff.precision import guard_strided_convs
 
 log = logging.getLogger(__name__)

@@ -259,7 +259,9 @@ def fit(
     torch.set_float32_matmul_precision("high")
     ckpt_path = resume_path(cfg)
     # read once: the resume check, the W&B run id, the precision and Lightning's restore
-    ckpt = checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume") if ckpt_path else None
+    ckpt = (
+        checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume") if ckpt_path else None
+    )
     precision, why = job_precision(cfg, ckpt)
     with open_dict(cfg):
         cfg.trainer.precision = precision

@@ -35,14 +35,16 @@ class PoisonSteps(L.Callback):
     """Makes the loss (kind="loss") or the gradients (kind="grad") non-finite at the listed
     batch indices, counted from the start of this fit (`at` may be "all")."""
 
-    def __init__(self, at, kind: str = "loss"):
-        self.at, self.kind, self.batches = at, kind, 0
+    def __init__(self, at, kind: str = "loss", rank: int | None = None):
+        self.at, self.kind, self.batches, self.rank = at, kind, 0, rank
         self._hook = None
 
     def _poisoned(self) -> bool:
         return self.at == "all" or self.batches in self.at
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:  # this rank only
+            return
         if not self._poisoned():
             return
         if self.kind == "loss":

@@ -33,6 +33,9 @@ class DDPProbe(L.Callback):
             "items": self.items,
             "weights": digest(params),
             "ema": digest(pl_module.ema.shadow_params),
+            "ema_steps": pl_module.ema.optimization_step,
+            "bad_steps": [pl_module.bad_steps, pl_module.total_bad_steps],
+            "precision": str(trainer.precision),
         }
         path = self.out_dir / f"rank{trainer.global_rank}_step{trainer.global_step}.json"
         path.write_text(json.dumps(record))
