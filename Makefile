@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo demo-long test test-full lint format bench clean
+.PHONY: help install demo demo-long test test-full cluster lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ demo-long: install  ## the demo trained five times longer
 test: install  ## the test suite without the slow tests (a few minutes on a CPU)
 	$(PY) -m pytest -q
 
-test-full: install  ## every test, the slow end-to-end ones too
+test-full: install  ## every test, the slow end-to-end ones too (the SLURM ones need `make cluster`)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+cluster:  ## start a two-node SLURM cluster on this machine (root: installs slurm-wlm, munge)
+	bash tests/slurm/cluster.sh
 
 bench: install  ## loader and training-step benchmarks (figures side by side)
 	$(VENV)/bin/facediff-bench experiment=demo

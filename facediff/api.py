@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from facediff import checkpoint
 from facediff.conditions import label_map, values_batch
-from facediff.config import instantiate, register_resolvers
+from facediff.config import UnsafeConfigError, instantiate_untrusted, register_resolvers
 from facediff.lit.diffusion import LatentDiffusion
 from facediff.precision import resolve_device
 
@@ -51,12 +51,25 @@ def training_progress(ckpt: dict) -> tuple[int, int | None]:
     return int(ckpt.get("global_step", 0)), (int(max_steps) if max_steps > 0 else None)
 
 
-def model_from_checkpoint(ckpt: dict, use_ema: bool = True, path=None) -> LatentDiffusion:
+def model_from_checkpoint(
+    ckpt: dict, use_ema: bool = True, path=None, allow_targets=()
+) -> LatentDiffusion:
     """Rebuild the LatentDiffusion of a checkpoint and load its (EMA) weights (`path`: the
-    file it was read from, for the messages)."""
+    file it was read from, for the messages).
+
+    The checkpoint's recorded `model` config is untrusted input like its tensors: only
+    facediff's model classes are built from it (`facediff.config.instantiate_untrusted`), and
+    any other `_target_` is refused naming the key; `allow_targets` adds classes of your own
+    that you trust."""
     register_resolvers()
-    cfg = OmegaConf.create(ckpt["facediff"]["config"])
-    model: LatentDiffusion = instantiate(cfg.model)
+    where = f"{path or 'checkpoint'}: facediff.config.model"
+    spec = ckpt["facediff"]["config"].get("model")
+    target = spec.get("_target_") if isinstance(spec, dict) else None
+    if target != "facediff.lit.diffusion.LatentDiffusion":
+        raise UnsafeConfigError(
+            f"{where}._target_={target!r}: expected facediff.lit.diffusion.LatentDiffusion"
+        )
+    model: LatentDiffusion = instantiate_untrusted(spec, where, allow_targets)
     try:  # first, as Lightning does: the frozen pretrained weights it left out, checked
         model.on_load_checkpoint(ckpt)
     except checkpoint.CheckpointError as e:
@@ -140,9 +153,12 @@ class FaceGenerator:
         self.attr_names: list[str] = model.data_info["attr_names"]
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "auto", use_ema: bool = True) -> FaceGenerator:
-        """`device`: auto (CUDA where there is one), cpu, cuda, cuda:N."""
-        model = model_from_checkpoint(load_checkpoint(path), use_ema, path)
+    def from_checkpoint(
+        cls, path, device: str = "auto", use_ema: bool = True, allow_targets=()
+    ) -> FaceGenerator:
+        """`device`: auto (CUDA where there is one), cpu, cuda, cuda:N. `allow_targets`:
+        classes of your own that the checkpoint's config may build (`model_from_checkpoint`)."""
+        model = model_from_checkpoint(load_checkpoint(path), use_ema, path, allow_targets)
         return cls(model.to(resolve_device(device)))
 
     @property

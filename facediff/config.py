@@ -74,6 +74,117 @@ def instantiate(cfg, **kwargs):
         raise
 
 
+# ------------------------------------------------------- configs read from a file, untrusted
+class UnsafeConfigError(ValueError):
+    """A config read from a file (a checkpoint's recorded config) names code facediff does not
+    build from files; names the key and the target."""
+
+
+# What a model may be built from when its config comes from a file someone hands you (a
+# checkpoint's recorded config): facediff's model parts and the few library classes they take.
+# Everything else (a Trainer, a logger, a callback, a data set that writes files, and any
+# function such as torch.load or os.system) is refused, wherever it stands in the tree.
+MODEL_TARGETS = frozenset(
+    {
+        "facediff.lit.diffusion.LatentDiffusion",
+        *(
+            f"facediff.models.conditioning.{n}"
+            for n in (
+                "Conditioner", "AttributeEncoder", "MaskResNetEncoder", "SegFormerMaskEncoder",
+                "ControlEncoder", "MaskConcatEncoder", "NullConditioner",
+            )
+        ),
+        "facediff.models.autoencoders.DiffusersAutoencoder",
+        "facediff.models.autoencoders.PixelSpace",
+        "facediff.models.unet.UNet",
+        "facediff.models.dit.DiT",
+        "facediff.models.sd.StableDiffusionUNet",
+        "facediff.models.sd.PromptEncoder",
+        "facediff.models.sd.scheduler_from_pretrained",
+        *(
+            f"facediff.diffusion.losses.{n}"
+            for n in ("DiffusionLoss", "P2Weighting", "NoWeighting", "MinSNRWeighting")
+        ),
+        "facediff.diffusion.sampling.Sampler",
+        "diffusers.DDPMScheduler",
+        "diffusers.FlowMatchEulerDiscreteScheduler",
+    }
+)  # fmt: skip
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
+
+
+def _optimizer_class(target: str) -> bool:
+    """torch.optim.<Optimizer subclass> (a model's `optimizer`, built `_partial_`)."""
+    import torch
+
+    module, _, name = target.rpartition(".")
+    cls = getattr(torch.optim, name, None) if module == "torch.optim" else None
+    return isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+
+
+def _scheduler_class(path) -> bool:
+    """diffusers.<a scheduler class>: what `hydra.utils.get_class` may name (a sampler's)."""
+    import diffusers
+
+    module, _, name = str(path).rpartition(".")
+    cls = getattr(diffusers, name, None) if module == "diffusers" else None
+    return isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
+
+
+def check_buildable(node, where: str, allowed=MODEL_TARGETS) -> None:
+    """Refuse a config tree that would run anything but building `allowed` classes from plain
+    values: any other `_target_`, a special key Hydra would act on, an interpolation (a
+    resolver is code), or a value that is not a string, number, bool, None, list or dict.
+    Raises UnsafeConfigError naming the key (`where.a.b`) and what it held."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}"
+            if not isinstance(key, str):
+                raise UnsafeConfigError(f"{here}: a key that is not a string ({key!r})")
+            if key.startswith("_") and key.endswith("_") and key not in HYDRA_KEYS:
+                raise UnsafeConfigError(f"{here}: {key} is not a key facediff builds from")
+            if key == "_target_":
+                target = str(value)
+                ok = target in allowed or _optimizer_class(target)
+                if target == "hydra.utils.get_class":
+                    ok = _scheduler_class(node.get("path"))
+                    if not ok:
+                        raise UnsafeConfigError(
+                            f"{where}.path={node.get('path')!r}: hydra.utils.get_class may only "
+                            "name a diffusers scheduler class in a config read from a file"
+                        )
+                if not ok:
+                    raise UnsafeConfigError(
+                        f"{here}={target!r}: refused: a config read from a file builds only "
+                        "facediff's model classes (facediff.config.MODEL_TARGETS), never other "
+                        "code; if you trust the file and wrote that class, pass "
+                        f"allow_targets=[{target!r}]"
+                    )
+                continue
+            check_buildable(value, here, allowed)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_buildable(value, f"{where}[{i}]", allowed)
+    elif isinstance(node, str):
+        if "${" in node:
+            raise UnsafeConfigError(
+                f"{where}={node!r}: an interpolation in a config read from a file (a resolver "
+                "could run code; facediff records configs resolved)"
+            )
+    elif node is not None and not isinstance(node, (bool, int, float)):
+        raise UnsafeConfigError(f"{where}: a {type(node).__name__}, not a plain value")
+
+
+def instantiate_untrusted(config, where: str, allow_targets=(), **kwargs):
+    """`instantiate` for a config read from a file someone may have handed you (a checkpoint's
+    recorded `model`): `check_buildable` first, against MODEL_TARGETS plus `allow_targets`
+    (the user's explicit opt-in for classes of their own)."""
+    if OmegaConf.is_config(config):
+        config = OmegaConf.to_container(config, resolve=False)
+    check_buildable(config, where, MODEL_TARGETS | frozenset(allow_targets))
+    return instantiate(OmegaConf.create(config), **kwargs)
+
+
 # groups train.yaml declares in its defaults (null there), so `launcher=slurm_ddp` needs no `+`
 DEFAULTS_GROUPS = ("launcher", "study", "search")
 

@@ -80,14 +80,16 @@ def component_specs(ckpt: dict, model) -> tuple[dict, dict]:
     return denoiser, conditioner
 
 
-def build_pipeline(ckpt: dict, use_ema: bool = True):
-    """The FaceDiffPipeline of a loaded checkpoint, with the checkpoint's (EMA) weights."""
+def build_pipeline(ckpt: dict, use_ema: bool = True, path=None, model=None):
+    """The FaceDiffPipeline of a loaded checkpoint (read from `path`), with the checkpoint's
+    (EMA) weights; `model`: the checkpoint's model, built already."""
     from facediff.api import model_from_checkpoint
     from facediff.data.labels import MASK_CLASSES
     from facediff.models.autoencoders import PixelSpace
     from facediff.pipeline import FaceDiffConditioner, FaceDiffDenoiser, FaceDiffPipeline
 
-    model = model_from_checkpoint(ckpt, use_ema)
+    if model is None:
+        model = model_from_checkpoint(ckpt, use_ema, path)
     den_spec, cond_spec = component_specs(ckpt, model)
     denoiser, conditioner = FaceDiffDenoiser(den_spec), FaceDiffConditioner(cond_spec)
     denoiser.model.load_state_dict(model.denoiser.state_dict())
@@ -143,7 +145,7 @@ def export(ckpt_path, out, use_ema: bool = True, overwrite: bool = False) -> Pat
     """Write the pipeline folder `out` from a facediff-train checkpoint; returns its path.
     Written to a temporary folder beside `out` and renamed into place, so an interrupted export
     leaves no half-written pipeline; an existing `out` is replaced only with `overwrite=True`."""
-    from facediff.api import load_checkpoint
+    from facediff.api import load_checkpoint, model_from_checkpoint
 
     out = Path(out).expanduser().resolve()
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
@@ -155,13 +157,16 @@ def export(ckpt_path, out, use_ema: bool = True, overwrite: bool = False) -> Pat
                 "refusing to replace it"
             )
     ckpt = load_checkpoint(ckpt_path)
-    target = str(ckpt["facediff"]["config"]["model"]["denoiser"].get("_target_", ""))
+    # built (its recorded config checked) before any folder exists: a refused checkpoint
+    # leaves nothing behind
+    model = model_from_checkpoint(ckpt, use_ema, ckpt_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    if target.endswith("StableDiffusionUNet"):  # experiment=lora_sd2: the adapters alone
-        return _export_lora(ckpt, ckpt_path, use_ema, tmp, out)
-    pipe = build_pipeline(ckpt, use_ema)
+    if type(model.denoiser).__name__ == "StableDiffusionUNet":  # lora_sd2: the adapters alone
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        return _export_lora(ckpt, ckpt_path, model, use_ema, tmp, out)
+    pipe = build_pipeline(ckpt, use_ema, ckpt_path, model)
     sources = shipped_sources()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe.save_pretrained(tmp)
         index = json.loads((tmp / "model_index.json").read_text())
@@ -214,16 +219,14 @@ image = pipe("{example}", guidance_scale={gs}).images[0]
 """
 
 
-def _export_lora(ckpt: dict, ckpt_path, use_ema: bool, tmp: Path, out: Path) -> Path:
+def _export_lora(ckpt: dict, ckpt_path, model, use_ema: bool, tmp: Path, out: Path) -> Path:
     """A lora_sd2 checkpoint: its adapters in diffusers' LoRA format (no code to ship: a stock
     StableDiffusionPipeline reads them with load_lora_weights)."""
     import torch
 
-    from facediff.api import model_from_checkpoint
     from facediff.models.sd import save_lora
 
     try:
-        model = model_from_checkpoint(ckpt, use_ema, ckpt_path)
         save_lora(model.denoiser, tmp)
         enc = model.conditioner.encoders["attrs"]
         names = enc.attributes[:2]

@@ -27,6 +27,36 @@ def test_prepare_cli_writes_and_reuses(data_dir, tmp_path):
     assert prepare(cfg)["kept"] == 48
 
 
+def test_prepare_builds_the_evaluators_ahead_of_a_sweep(tmp_path):
+    """facediff-prepare evaluators=true trains the evaluation's parser and classifier once,
+    where facediff-train then finds them (a multi-node job never trains them inside fit)."""
+    from facediff.cli.prepare import prepare
+    from facediff.evaluation.report import evaluators
+    from tests.conftest import TINY
+
+    data = [o for o in TINY if o.startswith("data.")]
+    ev = tmp_path / "ev"
+    cfg = compose(
+        "prepare",
+        [f"paths.data_dir={tmp_path}", *data, "workers=0", "evaluators=true",
+         "evaluation.parser_steps=2", "evaluation.classifier_steps=2",
+         f"evaluation.evaluators_dir={ev}"],
+    )  # fmt: skip
+    prepare(cfg)
+    assert sorted(p.name for p in ev.glob("*.ckpt")) == [
+        "attribute_classifier.ckpt",
+        "face_parser.ckpt",
+    ]
+    dm = __import__("facediff.data.datamodule", fromlist=["d"]).FaceDataModule(
+        str(tmp_path / "synthfaces_16px"), 16, verify_hash=False
+    )
+    dm.setup()
+    parser, classifier = evaluators(dm, ev, 2, 2, train=False)  # found, not trained again
+    assert parser is not None and classifier is not None
+    with pytest.raises(FileNotFoundError, match="not trained inside a multi-process fit"):
+        evaluators(dm, tmp_path / "none", 2, 2, train=False)
+
+
 def test_evaluate_checkpoint_then_the_same_folder_gives_the_same_numbers(make_cfg, tmp_path):
     """facediff-evaluate ckpt_path=: the protocol lands in metrics.json, the generated images in
     a folder; facediff-evaluate images_dir= on that folder reproduces every number; a

@@ -44,7 +44,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.ckpt_path:
         protocols = protocol_variants(protocol)  # all checked before the checkpoint is read
         ckpt = load_checkpoint(cfg.ckpt_path)
-        model = model_from_checkpoint(ckpt, use_ema=False, path=cfg.ckpt_path)
+        model = model_from_checkpoint(
+            ckpt, False, cfg.ckpt_path, list(cfg.get("allow_targets") or [])
+        )
         model = model.to(resolve_device(cfg.device))
         dm, data = datamodule_for(model), {}
         step, max_steps = training_progress(ckpt)  # a row of its own in facediff-report

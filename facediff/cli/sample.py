@@ -20,7 +20,9 @@ log = logging.getLogger("facediff.sample")
 
 def sample(cfg: DictConfig) -> Path:
     register_resolvers()
-    gen = FaceGenerator.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.use_ema)
+    gen = FaceGenerator.from_checkpoint(
+        cfg.ckpt_path, cfg.device, cfg.use_ema, list(cfg.get("allow_targets") or [])
+    )
     if cfg.get("solver"):
         gen.model.sampler = sampler_option(cfg.solver, like=gen.model.sampler)
     out = Path(cfg.output_dir)

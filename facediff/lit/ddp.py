@@ -99,8 +99,8 @@ def rank_zero_first(
 
 def agree(trainer, decision: bool) -> bool:
     """True on every rank when `decision` is True on every rank (one all-reduce; the decision
-    itself where there is one process)."""
-    if trainer.world_size <= 1:
+    itself where there is one process, or no trainer)."""
+    if trainer is None or trainer.world_size <= 1:
         return decision
     return bool(trainer.strategy.reduce_boolean_decision(decision, all=True))
 

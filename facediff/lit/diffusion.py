@@ -258,7 +258,7 @@ class LatentDiffusion(L.LightningModule):
         local = "loss" if not self._loss_finite else None if finite else "gradient"
         # every rank skips, or none does: one all-reduce of the decision (DDP's gradients are
         # already averaged, but a loss that was non-finite on one rank only must count too)
-        if not agree(self.trainer, local is None):
+        if not agree(self._trainer, local is None):  # no trainer: a bare step (make bench)
             self._record_bad_step(local or "loss or gradient on another rank")
             for p in self.trainable_parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient

@@ -740,3 +740,116 @@ def test_a_malicious_checkpoint_never_runs(entry, tmp_path, make_cfg, trained, m
     # is what stood between it and the user
     torch.load(path, map_location="cpu", weights_only=False)
     assert (tmp_path / "PWNED").exists()
+
+
+# --------------------------------------------- untrusted configs inside a checkpoint (#24)
+def _pickle_gadget(t) -> dict:
+    """The reported gadget: torch.load(weights_only=False) of base64 bytes holding a pickle
+    that runs os.system; Hydra's own blocklist lets it through."""
+    import base64
+    import pickle
+
+    payload = base64.b64encode(pickle.dumps(Payload(t.tmp / "PWNED"))).decode()
+    b64 = {"_target_": "base64.b64decode", "s": payload}
+    f = {"_target_": "io.BytesIO", "initial_bytes": b64}
+    return {"_target_": "torch.load", "weights_only": False, "f": f}
+
+
+def _import_gadget(t) -> dict:
+    """hydra.utils.get_class importing a module whose import runs code."""
+    (t.tmp / "facediff_gadget.py").write_text(
+        f"import pathlib\npathlib.Path({str(t.tmp / 'PWNED')!r}).touch()\nclass Evil: pass\n"
+    )
+    t.monkeypatch.syspath_prepend(str(t.tmp))
+    return {"_target_": "hydra.utils.get_class", "path": "facediff_gadget.Evil"}
+
+
+CONFIG_GADGETS = {  # (where in config.model, what, the message)
+    "torch.load of a pickle": (
+        ("conditioner", "encoders", "attrs", "dropout"),
+        _pickle_gadget,
+        r"conditioner\.encoders\.attrs\.dropout\._target_='torch\.load': refused",
+    ),
+    "os.system": (
+        ("loss", "weighting"),
+        lambda t: {"_target_": "os.system", "command": f"touch {t.tmp / 'PWNED'}"},
+        r"loss\.weighting\._target_='os\.system': refused",
+    ),
+    "an import with side effects": (
+        ("sampler", "scheduler"),
+        _import_gadget,
+        r"sampler\.scheduler\.path='facediff_gadget\.Evil': hydra\.utils\.get_class may only",
+    ),
+    "the model itself": (
+        (),
+        lambda t: {"_target_": "builtins.exec", "source": "open('PWNED', 'w')"},
+        r"model\._target_='builtins\.exec': expected facediff\.lit\.diffusion\.LatentDiffusion",
+    ),
+}
+CONFIG_ENTRY_POINTS = {
+    "load_model": lambda t, p: __import__("facediff").load_model(p),
+    "FaceGenerator.from_checkpoint": ENTRY_POINTS["FaceGenerator.from_checkpoint"],
+    "facediff-sample": ENTRY_POINTS["facediff-sample"],
+    "facediff-evaluate": ENTRY_POINTS["facediff-evaluate"],
+    "facediff-export": lambda t, p: __import__("facediff.export", fromlist=["e"]).export(
+        p, t.tmp / "pipe"
+    ),
+    "facediff-app": lambda t, p: __import__(
+        "facediff.app", fromlist=["a"]
+    ).FaceApp.from_checkpoint(p),
+}
+
+
+@pytest.mark.parametrize("gadget", list(CONFIG_GADGETS))
+@pytest.mark.parametrize("entry", list(CONFIG_ENTRY_POINTS))
+def test_a_checkpoints_config_never_runs_code(
+    gadget, entry, tmp_path, make_cfg, trained, monkeypatch
+):
+    """A checkpoint that passes the CRC check and weights_only=True (tensors, strings and
+    dicts only) but whose recorded config names code: refused before anything is built, the
+    key and the target named, through every entry point that builds a model from it."""
+    t = Ctx(tmp_path, make_cfg, trained, monkeypatch)
+    keys, make, message = CONFIG_GADGETS[gadget]
+
+    def plant(state):
+        node = state["facediff"]["config"]["model"]
+        if not keys:
+            state["facediff"]["config"]["model"] = make(t)
+            return
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = make(t)
+
+    path = copy_ckpt(t, plant, "gadget.ckpt")
+    checkpoint.load(path)  # it is a well-formed, tensors-only checkpoint
+    with pytest.raises(ValueError, match=message) as e:
+        CONFIG_ENTRY_POINTS[entry](t, path)
+    assert "gadget.ckpt" in str(e.value)
+    assert not (tmp_path / "PWNED").exists()
+    assert not (tmp_path / "pipe").exists()
+    assert not list(tmp_path.glob(".pipe.*"))  # a refused export leaves no temp folder
+
+
+def test_allow_targets_is_the_users_explicit_opt_in(tmp_path, make_cfg, trained, monkeypatch):
+    """A class of the user's own is built only when they name it."""
+    t = Ctx(tmp_path, make_cfg, trained, monkeypatch)
+
+    def plant(state):
+        state["facediff"]["config"]["model"]["loss"]["weighting"] = {
+            "_target_": "tests.reliability.test_bad_inputs.MyWeighting"
+        }
+
+    path = copy_ckpt(t, plant, "mine.ckpt")
+    with pytest.raises(ValueError, match="allow_targets=\\['tests.reliability.test_bad_inputs"):
+        FaceGenerator.from_checkpoint(path)
+    gen = FaceGenerator.from_checkpoint(
+        path, allow_targets=["tests.reliability.test_bad_inputs.MyWeighting"]
+    )
+    assert isinstance(gen.model.loss.weighting, MyWeighting)
+
+
+class MyWeighting(torch.nn.Module):
+    """A user's own loss weighting (constant 1)."""
+
+    def forward(self, snr, prediction_type):
+        return torch.ones_like(snr)

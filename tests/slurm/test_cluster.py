@@ -182,7 +182,11 @@ def test_torchrun_two_nodes_on_localhost(tmp_path):
         ]  # fmt: skip
         procs.append(
             subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env(),
                 cwd=tmp_path,
             )  # fmt: skip
         )
