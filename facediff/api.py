@@ -19,6 +19,7 @@ from facediff.conditions import label_map, values_batch
 from facediff.config import UnsafeConfigError, instantiate_untrusted, register_resolvers
 from facediff.lit.diffusion import LatentDiffusion
 from facediff.precision import resolve_device
+from facediff.provenance import LOADED
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ def load_checkpoint(path) -> dict:
     ckpt = checkpoint.load(path, "a facediff-train checkpoint")
     if not (ckpt.get("facediff") or {}).get("config"):
         raise ValueError(f"{path}: not a facediff-train checkpoint (no 'facediff' config in it)")
+    written_by = ckpt["facediff"].get("code")
+    if written_by and written_by != LOADED:  # results may differ where the code changed
+        log.warning(
+            "%s: written by facediff %s, read by facediff %s (recorded as ckpt_code in "
+            "metrics.json)",
+            path,
+            written_by,
+            LOADED,
+        )
     step, max_steps = training_progress(ckpt)
     if max_steps and step < max_steps:
         log.warning(

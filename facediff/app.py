@@ -64,15 +64,47 @@ def labels_from_colours(rgb: np.ndarray, where: str) -> np.ndarray:
     return np.vectorize(lut.__getitem__)(codes).reshape(rgb.shape[:2])
 
 
-def read_mask_file(path, res: int, resize: bool = False) -> torch.Tensor:
+MAX_UPLOAD_BYTES = 5_000_000  # an uploaded mask file, checked before it is read
+MAX_UPLOAD_PIXELS = 4096 * 4096  # its width x height, checked before it is decoded
+
+
+def read_mask_file(
+    path,
+    res: int,
+    resize: bool = False,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+) -> torch.Tensor:
     """An uploaded mask: a label PNG (values 0..18, grey or palette mode) or a colour PNG in the
-    mask palette, of the model's size (or any size with `resize`). Raises MaskError."""
+    mask palette, of the model's size (or any size with `resize`). Raises MaskError.
+
+    The file's size and then its pixel count (from the header) are checked before anything is
+    decoded: a small PNG can declare 13000 x 13000 pixels, which would take ~15 GB to decode."""
     where = f"upload {Path(path).name}"
     try:
-        with Image.open(path) as im:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise MaskError(f"{where}: cannot be read ({e.strerror})") from None
+    if size > max_bytes:
+        raise MaskError(
+            f"{where}: {size:,} bytes, more than the {max_bytes:,} allowed (max_upload_bytes); "
+            "a label map of a face is a few kB"
+        )
+    try:
+        with Image.open(path) as im:  # reads the header only
+            w, h = im.size
+            if w * h > max_pixels:
+                raise MaskError(
+                    f"{where}: {w} x {h} pixels, more than the {max_pixels:,} allowed "
+                    f"(max_upload_pixels); the model draws {res} x {res}"
+                )
             im.load()
             mode, arr = im.mode, np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError):
+    except MaskError:
+        raise
+    except Image.DecompressionBombError:
+        raise MaskError(f"{where}: too many pixels to decode safely (max_upload_pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise MaskError(f"{where}: not an image (expected a PNG label map)") from None
     if mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
@@ -119,8 +151,16 @@ def upscaled(image: np.ndarray, factor: int) -> Image.Image:
 class FaceApp:
     """A trained model and the validation masks of its data (when the data is there)."""
 
-    def __init__(self, gen: FaceGenerator, upscale: int = 4, num_validation: int = 16):
+    def __init__(
+        self,
+        gen: FaceGenerator,
+        upscale: int = 4,
+        num_validation: int = 16,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+    ):
         self.gen, self.upscale = gen, upscale
+        self.max_upload_bytes, self.max_upload_pixels = max_upload_bytes, max_upload_pixels
         self.res = gen.model.image_size
         self.masks: list[torch.Tensor] = []
         self.data_note = ""
@@ -146,7 +186,9 @@ class FaceApp:
         if source == "upload":
             if not upload:
                 raise MaskError("upload: no file uploaded")
-            return read_mask_file(upload, self.res, resize)
+            return read_mask_file(
+                upload, self.res, resize, self.max_upload_bytes, self.max_upload_pixels
+            )
         if source == "painted":
             return painted_mask(painted, self.res)
         raise MaskError(f"mask source {source!r}: expected one of {MASK_SOURCES}")
@@ -288,13 +330,19 @@ def launch(cfg) -> None:
     """facediff-app: build the page and serve it on cfg.host:cfg.port (localhost by default)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = FaceApp.from_checkpoint(
-        cfg.ckpt_path, cfg.device, upscale=cfg.upscale, num_validation=cfg.num_validation
+        cfg.ckpt_path,
+        cfg.device,
+        upscale=cfg.upscale,
+        num_validation=cfg.num_validation,
+        max_upload_bytes=int(cfg.get("max_upload_bytes", MAX_UPLOAD_BYTES)),
+        max_upload_pixels=int(cfg.get("max_upload_pixels", MAX_UPLOAD_PIXELS)),
     )
     page = app.blocks()
     page.queue().launch(
         server_name=cfg.host,
         server_port=cfg.port,
         share=False,
+        max_file_size=app.max_upload_bytes,  # gradio refuses larger uploads before facediff
         prevent_thread_lock=bool(cfg.get("background", False)),
         quiet=bool(cfg.get("quiet", False)),
     )

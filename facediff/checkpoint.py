@@ -137,6 +137,12 @@ def verify(path) -> None:
         ) from None
     except (zipfile.LargeZipFile, OSError, EOFError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    # a damaged header can ask zipfile for what it does not do (a compression method, a zip
+    # version, an encryption flag) or confuse its decoders: still a damaged file, named
+    except (NotImplementedError, RuntimeError, ValueError, zlib.error, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (a damaged zip archive: {type(e).__name__}: {e})"
+        ) from None
 
 
 def load(path, what: str = "a checkpoint") -> dict:
@@ -159,7 +165,8 @@ def load(path, what: str = "a checkpoint") -> dict:
             "none; if you wrote the file and trust it, convert it outside facediff to tensors "
             f"and plain containers. Detail: {str(e).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError) as e:
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+        # records that pass their CRC but whose pickle or layout is inconsistent
         raise CheckpointError(f"{path}: unreadable as {what} ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not {what}")

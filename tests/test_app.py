@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from facediff.app import FaceApp, MaskError, attribute_groups, painted_mask, read_mask_file
 from facediff.cli.train import train
@@ -65,6 +65,29 @@ def test_uploads_label_maps_palette_images_and_bad_files(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(MaskError, match="upload notes.png: not an image"):
         read_mask_file(tmp_path / "notes.png", 16)
+
+
+def test_huge_uploads_are_refused_before_they_are_decoded(tmp_path, monkeypatch):
+    """A 6000 x 6000 palette PNG is a ~100 kB file that takes GBs to decode: refused from its
+    header (Image.load never runs); a file over the byte limit is refused unread."""
+    Image.new("P", (6000, 6000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 200_000
+    (tmp_path / "heavy.png").write_bytes(b"\x89PNG" + bytes(6_000_000))
+    Image.new("L", (100, 100)).save(tmp_path / "small.png")
+
+    def never(self):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", never)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)
+    with pytest.raises(MaskError, match=r"upload bomb.png: 6000 x 6000 pixels, more than the "
+                       r"16,777,216 allowed \(max_upload_pixels\)"):  # fmt: skip
+        read_mask_file(tmp_path / "bomb.png", 16, resize=True)
+    with pytest.raises(MaskError, match=r"upload heavy.png: 6,000,004 bytes, more than the "
+                       r"5,000,000 allowed \(max_upload_bytes\)"):  # fmt: skip
+        read_mask_file(tmp_path / "heavy.png", 16)
+    with pytest.raises(MaskError, match=r"100 x 100 pixels, more than the 64 allowed"):
+        read_mask_file(tmp_path / "small.png", 16, resize=True, max_pixels=64)
 
 
 def test_painted_mask_takes_the_nearest_palette_colour_at_the_model_size():

@@ -27,6 +27,29 @@ def test_prepare_cli_writes_and_reuses(data_dir, tmp_path):
     assert prepare(cfg)["kept"] == 48
 
 
+def test_a_prepared_folder_is_not_reused_for_other_source_options(tmp_path, caplog):
+    """meta.json records what the folder was prepared from; other source options or another
+    raw folder are refused naming both values (force=true prepares it again)."""
+    from facediff.cli.prepare import prepare
+    from facediff.data.prepared import BadInputError
+    from tests.conftest import TINY
+
+    data = [o for o in TINY if o.startswith("data.")]
+    base = [f"paths.data_dir={tmp_path}", *data, "data.resolution=8", "workers=0"]
+    prepare(compose("prepare", base))
+    with caplog.at_level("INFO", logger="facediff.prepare"):
+        assert prepare(compose("prepare", [*base, "data.source.num_workers=2"])) is None
+    assert "prepared from {'source': 'facediff.data.celebamask.SynthFaces'" in caplog.text
+    with pytest.raises(
+        BadInputError, match=r"data.source.num_faces: prepared from 48, configured 40"
+    ):
+        prepare(compose("prepare", [*base, "data.source.num_faces=40"]))
+    with pytest.raises(BadInputError, match=r"raw_dir: prepared from .*synthfaces_raw"):
+        prepare(compose("prepare", [*base, f"data.raw_dir={tmp_path / 'elsewhere'}"]))
+    other = [f"data.raw_dir={tmp_path / 'raw40'}", "data.source.num_faces=40", "force=true"]
+    assert prepare(compose("prepare", [*base, *other]))["kept"] == 40  # force: prepared anew
+
+
 def test_prepare_builds_the_evaluators_ahead_of_a_sweep(tmp_path):
     """facediff-prepare evaluators=true trains the evaluation's parser and classifier once,
     where facediff-train then finds them (a multi-node job never trains them inside fit)."""
@@ -57,7 +80,9 @@ def test_prepare_builds_the_evaluators_ahead_of_a_sweep(tmp_path):
         evaluators(dm, tmp_path / "none", 2, 2, train=False)
 
 
-def test_evaluate_checkpoint_then_the_same_folder_gives_the_same_numbers(make_cfg, tmp_path):
+def test_evaluate_checkpoint_then_the_same_folder_gives_the_same_numbers(
+    make_cfg, tmp_path, caplog
+):
     """facediff-evaluate ckpt_path=: the protocol lands in metrics.json, the generated images in
     a folder; facediff-evaluate images_dir= on that folder reproduces every number; a
     facediff-sample folder is scored the same way."""
@@ -107,10 +132,15 @@ def test_evaluate_checkpoint_then_the_same_folder_gives_the_same_numbers(make_cf
     assert len(list((gen / "samples").glob("*.png"))) == 4 + 2 * 2
     assert (tmp_path / "ev" / "face_parser.ckpt").is_file()
 
-    again = evaluate(
-        compose("evaluate", [f"images_dir={gen}", f"output_dir={tmp_path / 'again'}", *protocol])
-    )
+    with caplog.at_level("INFO", logger="facediff.evaluate"):
+        again = evaluate(
+            compose(
+                "evaluate", [f"images_dir={gen}", f"output_dir={tmp_path / 'again'}", *protocol]
+            )
+        )
     assert again["rows"] == metrics["rows"]
+    assert f"wrote {tmp_path / 'again' / 'metrics.json'}" in caplog.text  # the file it wrote
+    assert (tmp_path / "again" / "metrics.json").is_file()
 
     sampled = tmp_path / "sampled"
     sample(

@@ -50,12 +50,17 @@ def evaluate(cfg: DictConfig) -> dict:
         model = model.to(resolve_device(cfg.device))
         dm, data = datamodule_for(model), {}
         step, max_steps = training_progress(ckpt)  # a row of its own in facediff-report
-        extra = {"ckpt_path": str(cfg.ckpt_path), "ckpt_step": step, "ckpt_max_steps": max_steps}
+        extra = {
+            "ckpt_path": str(cfg.ckpt_path),
+            "ckpt_step": step,
+            "ckpt_max_steps": max_steps,
+            "ckpt_code": ckpt["facediff"].get("code"),  # the code that trained it
+        }
         for name, options, report, table, folder in evaluate_variants(
             model, dm, protocols, out, extra=extra
         ):  # evaluation.variants: each in <output_dir>/<name>
             data[name] = json.loads((folder / "metrics.json").read_text())
-            _print(report, table, f"evaluation {name} ({options})" if name else "")
+            _print(report, table, folder, f"evaluation {name} ({options})" if name else "")
         return data if protocols[0][0] else data[None]
     else:
         images_dir = Path(cfg.images_dir)
@@ -88,11 +93,11 @@ def evaluate(cfg: DictConfig) -> dict:
             images_dir, dm, parser, classifier, protocol, resolve_device(cfg.device)
         )
         table = write_report(report, out, {"protocol": protocol, "images_dir": str(images_dir)})
-        _print(report, table)
+        _print(report, table, out)
         return json.loads((out / "metrics.json").read_text())
 
 
-def _print(report: dict, table: str, title: str = "") -> None:
+def _print(report: dict, table: str, folder: Path, title: str = "") -> None:
     from facediff.evaluation.flip import flip_lines
 
     print((title + ":\n" if title else "") + table)
@@ -100,7 +105,7 @@ def _print(report: dict, table: str, title: str = "") -> None:
         print(f"  {k}: {v}")
     if "flip" in report:
         print(flip_lines(report["flip"]), end="")
-    log.info("wrote %s", Path(report["generated"]["dir"]).parent / "metrics.json")
+    log.info("wrote %s and %s", Path(folder) / "metrics.json", Path(folder) / "report.md")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://facediff.conf", config_name="evaluate")

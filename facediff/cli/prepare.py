@@ -19,7 +19,16 @@ def prepare(cfg: DictConfig) -> dict | None:
     datamodule = instantiate(cfg.data, prepare_workers=cfg.workers)
     report = datamodule.prepare_data(force=cfg.force)
     if report is None:
-        log.info("%s already holds a prepared data set (force=true to redo it)", datamodule.root)
+        meta = json.loads((datamodule.root / "meta.json").read_text())
+        origin = meta.get("origin") or {
+            "source": meta.get("source"),
+            "raw_dir": meta.get("raw_dir"),
+        }
+        log.info(
+            "%s already holds a prepared data set, prepared from %s (force=true to redo it)",
+            datamodule.root,
+            origin,
+        )
     datamodule.setup()  # reads it back: format, hash, attribute names
     if report is not None:
         print(json.dumps(report, indent=1))

@@ -45,7 +45,10 @@ def read_attributes(raw_dir) -> tuple[list[str], np.ndarray]:
     path = Path(raw_dir) / ATTR_FILE
     if not path.is_file():
         raise BadInputError(f"{path}: attribute file not found")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not a text file ({e})") from None
     if len(lines) < 2:
         raise BadInputError(f"{path}: expected a count line and a names line, got {len(lines)}")
     try:
@@ -192,17 +195,26 @@ class CelebAMaskHQ:
         if not path.is_file():
             raise BadInputError(f"{path}: mapping file not found (needed by data.split=official)")
         number = np.full(n, -1, np.int64)
-        for lineno, line in enumerate(path.read_text().splitlines()[1:], start=2):
+        try:
+            lines = path.read_text().splitlines()
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"{path}: not a text file ({e})") from None
+        for lineno, line in enumerate(lines[1:], start=2):
             fields = line.split()
             if not fields:
                 continue
             try:
                 idx, orig_file = int(fields[0]), fields[2]
+                if not 0 <= idx < n:  # never numpy's negative indexing
+                    raise IndexError(idx)
                 number[idx] = int(Path(orig_file).stem)
             except (ValueError, IndexError):
                 raise BadInputError(
-                    f"{path}:{lineno}: expected 'idx orig_idx orig_file', got {line!r}"
+                    f"{path}:{lineno}: expected 'idx orig_idx orig_file' with idx in [0, {n}) "
+                    f"and a numbered file, got {line!r:.80}"
                 ) from None
+            if number[idx] < 0:
+                raise BadInputError(f"{path}:{lineno}: a negative file number in {line!r:.80}")
         if (number < 0).any():
             missing = int(np.flatnonzero(number < 0)[0])
             raise BadInputError(f"{path}: no line for image {missing}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -112,6 +113,28 @@ class EpochSampler(Sampler):
         self.epoch, self.start = state["epoch"], state["start"]
 
 
+SOURCE_RUN_OPTIONS = frozenset({"num_workers"})  # how a source runs, not what it gives
+
+
+def source_origin(source, raw_dir) -> dict:
+    """What a prepared folder was made from: the source class, its options (as configured,
+    less how it runs) and the raw folder, as plain values for meta.json."""
+    from omegaconf import OmegaConf
+
+    func = getattr(source, "func", source)
+    options = {}
+    for k, v in sorted((getattr(source, "keywords", None) or {}).items()):
+        if k in SOURCE_RUN_OPTIONS:
+            continue
+        v = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+        options[k] = list(v) if isinstance(v, tuple) else v
+    return {
+        "source": f"{func.__module__}.{func.__qualname__}",
+        "options": options,
+        "raw_dir": str(Path(raw_dir).expanduser().resolve()) if raw_dir else None,
+    }
+
+
 class FaceDataModule(L.LightningDataModule):
     """Batches of the batch dict (see `facediff.data`) from a prepared folder.
 
@@ -172,12 +195,45 @@ class FaceDataModule(L.LightningDataModule):
         Jobs sharing a data folder (a parallel sweep) take turns: `<root>.lock` is held while
         preparing; a job that finds it held waits, then reuses the prepared set."""
         if (self.root / "meta.json").is_file() and not force:
+            self.check_origin()
             return None
         with data_lock(self.root):
             if (self.root / "meta.json").is_file() and not force:
                 log.info("%s was prepared by another job meanwhile; reusing it", self.root)
+                self.check_origin()
                 return None
             return self._prepare()
+
+    def origin(self) -> dict | None:
+        """What this data module prepares from (`source_origin`), None without a source."""
+        return None if self.source is None else source_origin(self.source, self.raw_dir)
+
+    def check_origin(self) -> None:
+        """A prepared folder is reused only for the source and options it was prepared from
+        (recorded in meta.json as `origin`; folders prepared before that are not checked)."""
+        meta_path = self.root / "meta.json"
+        try:
+            then = json.loads(meta_path.read_text()).get("origin")
+        except (json.JSONDecodeError, OSError):
+            return  # PreparedDataset names a damaged meta.json when it opens it
+        now = self.origin()
+        if then is None or now is None or then == now:
+            return
+
+        def flat(origin: dict) -> dict:
+            options = {f"data.source.{k}": v for k, v in (origin.get("options") or {}).items()}
+            return {"source": origin.get("source"), "raw_dir": origin.get("raw_dir")} | options
+
+        then, now = flat(then), flat(now)
+        diff = {k: (then.get(k), now.get(k)) for k in then | now if then.get(k) != now.get(k)}
+        what = "; ".join(
+            f"{k}: prepared from {a!r}, configured {b!r}" for k, (a, b) in diff.items()
+        )
+        raise BadInputError(
+            f"{meta_path}: this folder was prepared from other data than data.source / "
+            f"data.raw_dir say ({what}); prepare it again with facediff-prepare force=true "
+            "(same options), or give data.root another folder"
+        )
 
     def _prepare(self) -> dict:
         if self.source is None:
@@ -189,7 +245,10 @@ class FaceDataModule(L.LightningDataModule):
         if self.raw_dir is None:
             raise BadInputError("data.raw_dir: not set; where is the raw data set?")
         source = self.source(raw_dir=self.raw_dir)
-        return prepare(source, self.root, self.resolution, self.skip_bad, self.prepare_workers)
+        return prepare(
+            source, self.root, self.resolution, self.skip_bad, self.prepare_workers,
+            origin=self.origin(),
+        )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:

@@ -34,7 +34,19 @@ def read_maad_csv(path) -> tuple[list[str], list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: MAAD-Face CSV not found")
+    try:
+        files, names, rows = _read_maad_rows(path)
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not a text CSV ({e})") from None
+    except csv.Error as e:  # a NUL byte, an unterminated quote, ...
+        raise BadInputError(f"{path}: not a well-formed CSV ({e})") from None
+    values = np.array(rows, dtype=np.int8).reshape(len(rows), len(names))
+    return files, names, values
+
+
+def _read_maad_rows(path: Path) -> tuple[list[str], list[str], list[list[int]]]:
     files, rows = [], []
+    names: list[str] = []
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -62,8 +74,7 @@ def read_maad_csv(path) -> tuple[list[str], list[str], np.ndarray]:
                 )
             files.append(fields[0])
             rows.append(vals)
-    values = np.array(rows, dtype=np.int8).reshape(len(rows), len(names))
-    return files, names, values
+    return files, names, rows
 
 
 def balanced_manifest(

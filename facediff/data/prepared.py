@@ -189,6 +189,7 @@ def prepare(
     skip_bad: bool = False,
     num_workers: int = 0,
     progress: bool = True,
+    origin: dict | None = None,
 ) -> dict:
     """Write `source` to `out_dir` in the prepared format; returns the report (also in meta.json).
 
@@ -278,6 +279,8 @@ def prepare(
         "content_hash": content_hash(tmp, list(shapes)),
         "report": report,
     }
+    if origin is not None:  # the source and options it was prepared from (checked on reuse)
+        meta["origin"] = origin
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     old = out_dir.with_name(out_dir.name + ".old")
     if out_dir.exists():
@@ -286,6 +289,45 @@ def prepare(
     shutil.rmtree(old, ignore_errors=True)
     log.info("prepared %d items (%d skipped) in %s", len(kept), len(skipped), out_dir)
     return report
+
+
+META_FIELDS = {  # meta.json: field -> (type, what it must be)
+    "has_masks": (bool, "true or false"),
+    "num_items": (int, "an integer >= 0"),
+    "resolution": (int, "an integer >= 1"),
+    "attr_names": (list, "a list of attribute names"),
+    "mask_classes": (list, "a list of class names"),
+    "splits": (dict, "{split: [item indices]}"),
+    "content_hash": (str, "a sha256 hex string"),
+}
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """Every field a reader uses, of the type it uses: a damaged or hand-edited meta.json is
+    named by its field instead of failing later as a KeyError or a wrong shape."""
+
+    def bad(field, what):
+        raise BadInputError(f"{path}: {field}: expected {what}, got {meta.get(field)!r:.80}")
+
+    for field, (kind, what) in META_FIELDS.items():
+        value = meta.get(field)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            bad(field, what)
+    if meta["num_items"] < 0:
+        bad("num_items", META_FIELDS["num_items"][1])
+    if meta["resolution"] < 1:
+        bad("resolution", META_FIELDS["resolution"][1])
+    if not all(isinstance(n, str) for n in meta["attr_names"] + meta["mask_classes"]):
+        bad("attr_names", "names (strings)")
+    n = meta["num_items"]
+    for name, idx in meta["splits"].items():
+        ok = isinstance(idx, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in idx
+        )
+        if not ok:
+            raise BadInputError(
+                f"{path}: splits.{name}: expected item indices in [0, {n}), got {str(idx)[:80]}"
+            )
 
 
 def content_hash(folder: Path, names) -> str:
@@ -313,14 +355,19 @@ class PreparedDataset:
             raise BadInputError(f"{meta_path}: not a prepared data set (meta.json missing)")
         try:
             self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadInputError(f"{meta_path}: unreadable ({e})") from e
+        if not isinstance(self.meta, dict):
+            raise BadInputError(
+                f"{meta_path}: expected a JSON object, got {type(self.meta).__name__}"
+            )
         version = self.meta.get("format_version")
         if version != FORMAT_VERSION:
             raise BadInputError(
                 f"{meta_path}: format_version {version!r}, this facediff reads version "
                 f"{FORMAT_VERSION}; prepare the data set again (facediff-prepare)"
             )
+        check_meta(self.meta, meta_path)
         self.names = [k for k in ARRAYS if k != "masks" or self.meta["has_masks"]]
         for k in self.names:
             if not (self.root / f"{k}.npy").is_file():
@@ -354,7 +401,9 @@ class PreparedDataset:
                 path = self.root / f"{k}.npy"
                 try:
                     arr = np.load(path, mmap_mode="r")
-                except (ValueError, OSError, EOFError) as e:  # truncated, not an .npy file
+                # truncated, not an .npy file, a header numpy cannot parse (SyntaxError,
+                # tokenize errors, ...): whatever numpy raises on a damaged file
+                except Exception as e:  # noqa: BLE001
                     raise BadInputError(
                         f"{path}: unreadable ({e}); expected {dtype} {shape} as meta.json says: "
                         "prepare the data set again"

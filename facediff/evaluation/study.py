@@ -39,7 +39,8 @@ SHUFFLED = "samples vs shuffled conditions"
 class Job:
     folder: Path
     overrides: list[str]
-    metrics: dict | None  # None: the job failed (no metrics.json)
+    metrics: dict | None  # None: the job failed (no metrics.json, or an unreadable one)
+    error: str | None = None  # why its metrics.json could not be read
 
     @property
     def seed(self) -> str | None:
@@ -81,7 +82,7 @@ def read_jobs(folder) -> list[Job]:
             overrides = [o for o in overrides if o.partition("=")[0].lstrip("+~") != VARIANTS]
             for name, options in variants.items():
                 where = _metrics_file(job, hydra, name)
-                metrics = json.loads(where.read_text()) if where.is_file() else None
+                metrics, error = read_metrics(where)
                 jobs.append(
                     Job(
                         where.parent,
@@ -89,13 +90,29 @@ def read_jobs(folder) -> list[Job]:
                         + [f"evaluation.{k}={override_value(v)}" for k, v in options.items()]
                         + _stopped_early(metrics),
                         metrics,
+                        error,
                     )
                 )
             continue
         where = _metrics_file(job, hydra)
-        metrics = json.loads(where.read_text()) if where.is_file() else None
-        jobs.append(Job(job, overrides + _stopped_early(metrics), metrics))
+        metrics, error = read_metrics(where)
+        jobs.append(Job(job, overrides + _stopped_early(metrics), metrics, error))
     return jobs
+
+
+def read_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """(metrics, None) from a job's metrics.json; (None, why) where it is missing or unreadable
+    (truncated by a killed job, not JSON, not a table of rows): that job is listed as failed,
+    naming the file, and the other jobs still make their rows."""
+    if not path.is_file():
+        return None, f"{path}: missing"
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        return None, f"{path}: unreadable ({type(e).__name__}: {e})"
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("rows"), dict):
+        return None, f"{path}: not a facediff metrics.json (no 'rows' table)"
+    return metrics, None
 
 
 def _stopped_early(metrics: dict | None) -> list[str]:
@@ -222,7 +239,17 @@ def same_options(jobs: list[Job]) -> dict:
     defaults = protocol_defaults()
     protocols = [defaults | j.metrics.get("protocol", {}) for j in done]
     first = protocols[0]
-    return {k: v for k, v in first.items() if all(p.get(k) == v for p in protocols)}
+    values: dict[str, set[str]] = {}  # what the jobs, failed ones too, set each option to
+    for j in jobs:
+        for o in j.overrides:
+            key, _, value = o.lstrip("+~").partition("=")
+            if key.startswith("evaluation."):
+                values.setdefault(key.removeprefix("evaluation."), set()).add(value)
+    return {
+        k: v
+        for k, v in first.items()
+        if all(p.get(k) == v for p in protocols) and len(values.get(k, ())) <= 1
+    }  # an option the sweep varied names its rows, even where only one value finished
 
 
 def protocol_defaults() -> dict:
@@ -334,6 +361,7 @@ def report(folders, out_dir) -> dict:
     rows, common = group(jobs, same)
     header, body = table(rows)
     failed = [str(j.folder) for j in jobs if j.metrics is None]
+    why = [j.error or f"{j.folder}: no metrics.json" for j in jobs if j.metrics is None]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -364,7 +392,7 @@ def report(folders, out_dir) -> dict:
         )
     notes += code_notes(jobs)
     if failed:
-        notes.append("Failed jobs (no metrics.json): " + ", ".join(failed) + ".")
+        notes.append("Failed jobs (no readable metrics.json): " + "; ".join(why) + ".")
     (out / "report.md").write_text("\n".join(md + notes) + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -165,9 +165,19 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        # SIGTERMException is raised between steps (the state is whole): save that step
-        if isinstance(exception, SIGTERMException) or self.received:
+        # SIGTERMException is raised between steps (the state is whole): save that step. Any
+        # other exception (a second SIGINT's KeyboardInterrupt among them) may have stopped a
+        # step halfway: nothing is saved, the last whole last.ckpt stands.
+        if isinstance(exception, SIGTERMException):
             self.save(trainer, self.interrupted(trainer) or "SIGTERM")
+        elif self.received:
+            log.warning(
+                "a second %s stopped step %d halfway: not saved; %s holds step %d, whole",
+                self.received,
+                trainer.global_step,
+                self.path,
+                self.saved_step,
+            )
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for name, prev in self._previous.items():

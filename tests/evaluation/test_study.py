@@ -154,6 +154,30 @@ def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
     assert [r[0] for r in out["rows"]] == ["evaluation.num_steps=10", "evaluation.num_steps=25"]
 
 
+def test_a_truncated_metrics_json_is_a_failed_job_named_and_the_rows_stay(tmp_path):
+    """A job killed while writing metrics.json: listed as failed with the file and why, the
+    other job keeps its row, named by its setting (not "(common overrides only)")."""
+    a = sweep_dir(tmp_path, "a")
+    for i, steps in enumerate((10, 25)):
+        job(
+            a,
+            i,
+            [f"evaluation.num_steps={steps}", "seed=0"],
+            {"attr_acc": 0.8},
+            PROTOCOL | {"num_steps": steps},
+        )
+    broken = a / "1" / "evaluation" / "metrics.json"
+    broken.write_text(broken.read_text()[:40])  # cut mid-string
+    out = report([a], tmp_path / "out")
+    assert [r[:2] for r in out["rows"]] == [
+        ["evaluation.num_steps=10", "1/1"],
+        ["evaluation.num_steps=25", "0/1"],
+    ]
+    assert out["failed"] == [str(a / "1")]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"{broken}: unreadable (JSONDecodeError" in md
+
+
 def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
     """facediff-evaluate -m writes metrics.json in the job folder itself: solvers by steps on
     one checkpoint make one table, a row per solver and step count."""

@@ -127,6 +127,9 @@ def test_a_resume_reads_its_checkpoint_once(make_cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "load", counting)
     monkeypatch.setattr(callbacks, "load", counting)  # Lightning's read (AtomicCheckpointIO)
-    train(make_cfg(*RESUME, "trainer.max_steps=4", f"ckpt_path={ckpt}", "logger=wandb_csv",
-                   f"paths.output_dir={tmp_path / 'b'}"))  # fmt: skip
+    try:
+        train(make_cfg(*RESUME, "trainer.max_steps=4", f"ckpt_path={ckpt}", "logger=wandb_csv",
+                       f"paths.output_dir={tmp_path / 'b'}"))  # fmt: skip
+    finally:
+        __import__("wandb").teardown()  # W&B's process-wide settings go with this test
     assert reads.count(ckpt) == 1

@@ -688,6 +688,30 @@ def test_a_checkpoint_of_a_run_that_stopped_early_is_read_with_a_warning(
     assert f"ckpt_path={ckpt}" in caplog.text
 
 
+def test_a_checkpoint_from_other_code_is_noted(tmp_path, make_cfg, trained, monkeypatch, caplog):
+    """Written by another facediff version: said in the log and recorded in metrics.json."""
+    from facediff.cli.evaluate import evaluate
+    from facediff.provenance import LOADED
+
+    t = Ctx(tmp_path, make_cfg, trained, monkeypatch)
+    with caplog.at_level("WARNING", logger="facediff.api"):
+        load_checkpoint(t.run[1])
+    assert "written by facediff" not in caplog.text  # this code wrote it
+    ckpt = copy_ckpt(t, lambda s: s["facediff"].update(code="0123456789ab"))
+    with caplog.at_level("WARNING", logger="facediff.api"):
+        FaceGenerator.from_checkpoint(ckpt)
+    assert (
+        f"edited.ckpt: written by facediff 0123456789ab, read by facediff {LOADED}" in caplog.text
+    )
+    protocol = ["evaluation.num_conditions=3", "evaluation.parser_steps=2",
+                "evaluation.classifier_steps=2", "evaluation.kid_subset_size=2",
+                "evaluation.diversity_conditions=0", "evaluation.num_steps=2",
+                f"evaluation.evaluators_dir={tmp_path / 'ev'}"]  # fmt: skip
+    metrics = evaluate(compose("evaluate", [f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'e'}",
+                                            *protocol]))  # fmt: skip
+    assert metrics["ckpt_code"] == "0123456789ab"
+
+
 # ------------------------------------------------------------------ untrusted checkpoints
 class Payload:
     """Pickles as a call to os.system: loading it unsafely would create the marker file."""

@@ -1,8 +1,10 @@
 """Faults during training: interruption, non-finite steps, a kill during a checkpoint save."""
 
+import os
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -89,6 +91,49 @@ def test_resume_from_any_stop_continues_exactly(make_cfg, tmp_path, stop):
     )
     train(resumed)
     assert_same_training_state(ckpt(straight), ckpt(resumed))
+
+
+class SecondSigintMidStep(L.Callback):
+    """A user's second Ctrl-C: SIGINT after step `step`'s end, again inside the next step
+    (after its backward, before its optimizer step)."""
+
+    def __init__(self, step: int):
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.sent:  # the next step, halfway
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_sigint_never_leaves_a_half_step_checkpoint(make_cfg):
+    """The first SIGINT asks for a stop at the next step boundary; a second one inside that
+    step stops at once and saves nothing: last.ckpt stays the last whole one (step 2, every
+    tensor of one step), never a step whose optimizer moved and whose schedule did not."""
+    cfg = make_cfg(
+        *RESUME,
+        "trainer.max_steps=8",
+        "+callbacks.stop._target_=tests.reliability.test_faults.SecondSigintMidStep",
+        "+callbacks.stop.step=3",
+    )
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    try:
+        with pytest.raises((SystemExit, KeyboardInterrupt, Interrupted)):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    state = ckpt(cfg)
+    step = state["global_step"]
+    assert step == 2  # the periodic save before the two signals; nothing after
+    adam = state["optimizer_states"][0]["state"]
+    assert all(int(torch.as_tensor(s["step"])) == step for s in adam.values())
+    assert state["lr_schedulers"][0]["last_epoch"] == step
+    assert state["ema"]["optimization_step"] == step
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
