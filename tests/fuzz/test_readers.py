@@ -34,7 +34,7 @@ from facediff.data.maad_face import MaadFace
 from facediff.data.prepared import BadInputError, PreparedDataset
 
 CORPUS = Path(__file__).parent / "corpus"
-FUZZ_QUICK, FUZZ_LONG = 15, 1000
+FUZZ_QUICK, FUZZ_LONG = 15, 20000
 NAMED = (checkpoint.CheckpointError, BadInputError, MaskError)
 
 

@@ -88,7 +88,21 @@ RAW_CASES = {
         lambda r: (r / "CelebA-HQ-to-CelebA-mapping.txt").unlink(),
         r"CelebA-HQ-to-CelebA-mapping\.txt: mapping file not found",
     ),
+    # found by the fuzzer (tests/fuzz): each crashed with another exception before
+    "attribute file not text (fuzz)": (
+        lambda r: (r / ATTR).write_bytes(b"\x96" + (r / ATTR).read_bytes()[1:]),
+        rf"{ATTR}: not a text file",
+    ),
+    "mapping file not text (fuzz)": (
+        lambda r: (r / MAPPING).write_bytes(b"\xb9" + (r / MAPPING).read_bytes()[1:]),
+        r"CelebA-HQ-to-CelebA-mapping\.txt: not a text file",
+    ),
+    "mapping index negative (fuzz)": (
+        lambda r: lines_edit(r / MAPPING, lambda ls: ls.__setitem__(1, "-1" + ls[1][1:])),
+        r"mapping\.txt:2: expected 'idx orig_idx orig_file' with idx in \[0, 3\)",
+    ),
 }
+MAPPING = "CelebA-HQ-to-CelebA-mapping.txt"
 
 
 MAAD_CASES = {
@@ -107,6 +121,14 @@ MAAD_CASES = {
     "maad missing image": (
         lambda csv: next((csv.parent / "vggface2/train").rglob("*.jpg")).unlink(),
         r"image not found",
+    ),
+    "maad not text (fuzz)": (
+        lambda csv: csv.write_bytes(b"\xcc" + csv.read_bytes()[1:]),
+        r"MAAD_Face\.csv: not a text CSV",
+    ),
+    "maad field over the csv limit": (
+        lambda csv: csv.write_text(csv.read_text() + '"' + "x" * 140_000 + "\n"),
+        r"MAAD_Face\.csv: not a well-formed CSV",
     ),
     "maad unknown attribute": (
         None,
@@ -133,7 +155,31 @@ PREPARED_CASES = {
     "prepared hash mismatch": (change_array, r"content hash .* does not match"),
     "prepared array missing": (lambda p: (p / "known.npy").unlink(), r"known\.npy: missing"),
     "not a prepared folder": (lambda p: (p / "meta.json").unlink(), r"meta\.json missing"),
+    # found by the fuzzer (tests/fuzz)
+    "meta.json not text (fuzz)": (
+        lambda p: (p / "meta.json").write_bytes(b"\x84" + (p / "meta.json").read_bytes()[1:]),
+        r"meta\.json: unreadable \('utf-8' codec",
+    ),
+    "meta.json field of the wrong type (fuzz)": (
+        lambda p: meta_edit(p, has_masks="yes"),
+        r"meta\.json: has_masks: expected true or false, got 'yes'",
+    ),
+    "meta.json split out of range (fuzz)": (
+        lambda p: meta_edit(p, splits={"train": [0, 99]}),
+        r"meta\.json: splits\.train: expected item indices in \[0, 3\)",
+    ),
+    "npy header numpy cannot parse (fuzz)": (
+        lambda p: (p / "attrs.npy").write_bytes(
+            (p / "attrs.npy").read_bytes().replace(b"{", b"{\x00", 1)
+        ),
+        r"attrs\.npy: unreadable \(",
+    ),
 }
+
+
+def meta_edit(p, **fields):
+    meta = json.loads((p / "meta.json").read_text())
+    (p / "meta.json").write_text(json.dumps(meta | fields))
 
 
 TRAIN_CASES = {
@@ -488,7 +534,23 @@ def full_disk(t):
         assert not list(t.tmp.glob("last.ckpt.tmp*"))  # the temp file is gone
 
 
+def zip_version_999(t) -> Path:
+    """A checkpoint whose first central-directory entry asks for zip version 99.9 (found by
+    the fuzzer: zipfile raised NotImplementedError)."""
+    torch.save({"w": torch.ones(2)}, t.tmp / "v.ckpt")
+    data = bytearray((t.tmp / "v.ckpt").read_bytes())
+    at = data.index(b"PK\x01\x02")
+    data[at + 6 : at + 8] = (999).to_bytes(2, "little")
+    (t.tmp / "v.ckpt").write_bytes(bytes(data))
+    return t.tmp / "v.ckpt"
+
+
 OTHER = {  # name: (action, exception, message)
+    "checkpoint asking for an unknown zip version (fuzz)": (
+        lambda t: checkpoint.load(zip_version_999(t)),
+        ValueError,
+        r"v\.ckpt: not a torch checkpoint \(a damaged zip archive: NotImplementedError",
+    ),
     "checkpoint missing": (
         lambda t: load_checkpoint(t.tmp / "nothing.ckpt"),
         FileNotFoundError,
