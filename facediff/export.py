@@ -161,7 +161,9 @@ def export(ckpt_path, out, use_ema: bool = True, overwrite: bool = False) -> Pat
     # leaves nothing behind
     model = model_from_checkpoint(ckpt, use_ema, ckpt_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if type(model.denoiser).__name__ == "StableDiffusionUNet":  # lora_sd2: the adapters alone
+    from facediff.models.sd import StableDiffusionUNet
+
+    if isinstance(model.denoiser, StableDiffusionUNet):  # lora_sd2: the adapters alone
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         return _export_lora(ckpt, ckpt_path, model, use_ema, tmp, out)
     pipe = build_pipeline(ckpt, use_ema, ckpt_path, model)

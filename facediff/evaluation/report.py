@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
@@ -633,7 +634,7 @@ def log_table_to_loggers(trainer, rows: dict, step: int, variant: str | None = N
             if isinstance(row.get(c), (int, float))
         }
     for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             data = [
                 [name]
                 + [row.get(c) if isinstance(row.get(c), (int, float)) else None for c in columns]

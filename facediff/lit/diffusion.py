@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
 from facediff.checkpoint import CheckpointError
@@ -413,7 +414,7 @@ class LatentDiffusion(L.LightningModule):
         checkpoint["generator"] = self.generator.get_state()
         checkpoint["bad_steps"] = (self.bad_steps, self.total_bad_steps)
         for lg in self.loggers:
-            if type(lg).__name__ == "WandbLogger":
+            if isinstance(lg, WandbLogger):
                 checkpoint["wandb_run_id"] = lg.version
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

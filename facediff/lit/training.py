@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -199,7 +200,7 @@ def check_resume(ckpt_path, model, ckpt: dict | None = None) -> None:
 def finish_wandb(trainer, ok: bool = True) -> None:
     """End the W&B run of a trainer's WandbLogger (its files are complete after this)."""
     for lg in trainer.loggers:
-        if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
+        if isinstance(lg, WandbLogger):
             import wandb
 
             wandb.finish(exit_code=0 if ok else 1)

@@ -113,3 +113,20 @@ def test_sigterm_to_a_joblib_sweep_stops_its_workers_with_their_checkpoints(data
         step = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
         assert 0 < step["global_step"] < 100000, text[-3000:]
     assert not (sweep / "2" / "checkpoints").exists(), "the queued job started after SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_into_its_folder_resumes_each_job(data_dir, tmp_path):
+    """ckpt_path=auto: the same sweep run again into the same hydra.sweep.dir (after a kill,
+    here after its jobs stopped at step 2 of a longer schedule) resumes each job from its own
+    last.ckpt instead of starting over."""
+    from facediff import checkpoint
+
+    common = ["ckpt_path=auto", "evaluate_after=false", "seed=0,1",
+              "callbacks.sample_grid.every_n_steps=0"]  # fmt: skip
+    sweep, _ = multirun(data_dir, tmp_path, *common, "trainer.max_steps=2")
+    sweep, run = multirun(data_dir, tmp_path, *common, "trainer.max_steps=4")
+    for job in ("0", "1"):
+        log = (sweep / job / "train.log").read_text()
+        assert "ckpt_path=auto: resuming from" in log, log[-2000:]
+        assert checkpoint.load(sweep / job / "checkpoints" / "last.ckpt")["global_step"] == 4
