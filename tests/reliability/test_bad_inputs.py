@@ -545,7 +545,47 @@ def zip_version_999(t) -> Path:
     return t.tmp / "v.ckpt"
 
 
+def upload(t, name: str, write) -> Path:
+    write(t.tmp / name)
+    return t.tmp / name
+
+
+def prepared_then_reconfigured(t) -> None:
+    """A prepared folder reused by a data module configured with other source options."""
+    from functools import partial
+
+    from facediff.data.celebamask import SynthFaces
+    from facediff.data.datamodule import FaceDataModule
+
+    def dm(n):
+        source = partial(SynthFaces, num_faces=n, image_size=32, mask_size=32, num_workers=1)
+        return FaceDataModule(str(t.tmp / "p"), 16, source=source, raw_dir=str(t.tmp / "raw"))
+
+    dm(12).prepare_data()
+    dm(10).prepare_data()
+
+
 OTHER = {  # name: (action, exception, message)
+    "app upload declaring 6000 x 6000 pixels": (
+        lambda t: __import__("facediff.app", fromlist=["a"]).read_mask_file(
+            upload(t, "bomb.png", lambda p: Image.new("P", (6000, 6000)).save(p)), 16, True
+        ),
+        ValueError,
+        r"upload bomb\.png: 6000 x 6000 pixels, more than the 16,777,216 allowed",
+    ),
+    "app upload over the byte limit": (
+        lambda t: __import__("facediff.app", fromlist=["a"]).read_mask_file(
+            upload(t, "big.png", lambda p: p.write_bytes(bytes(6_000_000))), 16
+        ),
+        ValueError,
+        r"upload big\.png: 6,000,000 bytes, more than the 5,000,000 allowed",
+    ),
+    "prepared folder reused for other source options": (
+        prepared_then_reconfigured,
+        ValueError,
+        r"meta\.json: this folder was prepared from other data .*data\.source\.num_faces: "
+        r"prepared from 12, configured 10",
+    ),
     "checkpoint asking for an unknown zip version (fuzz)": (
         lambda t: checkpoint.load(zip_version_999(t)),
         ValueError,
