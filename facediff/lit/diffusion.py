@@ -14,11 +14,11 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
-from facediff.checkpoint import CheckpointError
 from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas, snr_from_flow_t
 from facediff.diffusion.sampling import Sampler, guidance_levels
 from facediff.lit.ddp import agree
-from facediff.models.autoencoders import PRETRAINED, Autoencoder, PixelSpace
+from facediff.lit.pretrained import leave_out_frozen, restore_frozen
+from facediff.models.autoencoders import Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
 from facediff.models.routing import check_routing
 from facediff.precision import guard_strided_convs
@@ -380,36 +380,8 @@ class LatentDiffusion(L.LightningModule):
     def on_fit_start(self) -> None:
         self.ema.to(self.device)
 
-    def pretrained_parts(self) -> dict[str, nn.Module]:
-        """The parts loaded with from_pretrained (a first stage, a text encoder, SD's UNet), by
-        their state-dict prefix."""
-        return {n: m for n, m in self.named_modules() if getattr(m, PRETRAINED, None)}
-
-    def _frozen_keys(self, prefix: str, part: nn.Module, state: dict) -> list[str]:
-        """The part's state-dict entries that training does not change: its frozen parameters
-        (and its buffers, where nothing in it trains and it is not in training mode)."""
-        trainable = {f"{prefix}.{n}" for n, p in part.named_parameters() if p.requires_grad}
-        params = {f"{prefix}.{n}" for n, _ in part.named_parameters()}
-        keep_buffers = bool(trainable) or part.training
-        return [
-            k
-            for k in state
-            if k.startswith(prefix + ".")
-            and k not in trainable
-            and (k in params or not keep_buffers)
-        ]
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # pretrained weights that did not train are not copied into every checkpoint (SD 2's
-        # UNet, VAE and text encoder: ~5 GB, against a few MB of LoRA); the checkpoint names
-        # where they came from and their sha256, and reading it checks the same ones are there
-        state, frozen = checkpoint.get("state_dict", {}), {}
-        for prefix, part in self.pretrained_parts().items():
-            keys = self._frozen_keys(prefix, part, state)
-            for k in keys:
-                del state[k]
-            frozen[prefix] = {**getattr(part, PRETRAINED), "keys": keys}
-        checkpoint["pretrained_frozen"] = frozen
+        leave_out_frozen(self, checkpoint)  # named and hashed, not copied (lit/pretrained.py)
         checkpoint["ema"] = self.ema.state_dict()
         checkpoint["generator"] = self.generator.get_state()
         checkpoint["bad_steps"] = (self.bad_steps, self.total_bad_steps)
@@ -426,34 +398,9 @@ class LatentDiffusion(L.LightningModule):
         self.bad_steps, self.total_bad_steps = checkpoint.get("bad_steps", (0, 0))
 
     def restore_pretrained(self, checkpoint: dict) -> None:
-        """Put the frozen pretrained weights the checkpoint left out back into its state dict,
-        from this model's own parts, after checking they are the ones it was trained on (the
-        same sha256); a CheckpointError naming the option to point elsewhere if not."""
-        state, parts = checkpoint.get("state_dict", {}), self.pretrained_parts()
-        for prefix, record in (checkpoint.get("pretrained_frozen") or {}).items():
-            part = parts.get(prefix)
-            if part is None:
-                raise CheckpointError(
-                    f"the checkpoint's {prefix} was loaded from {record['source']}, but this "
-                    "model has no pretrained part there (a checkpoint of another model?)"
-                )
-            now = getattr(part, PRETRAINED)
-            if now["sha256"] != record["sha256"]:
-                raise CheckpointError(
-                    f"the checkpoint was trained on {record['source']} (sha256 "
-                    f"{record['sha256'][:12]}...), but {now['source']} now holds other weights "
-                    f"(sha256 {now['sha256'][:12]}...): the checkpoint does not hold them (it "
-                    "saves only what trained), so point the option at the weights it was "
-                    "trained with"
-                )
-            own = part.state_dict(prefix=prefix + ".")
-            missing = [k for k in record["keys"] if k not in own]
-            if missing:
-                raise CheckpointError(
-                    f"the checkpoint's {prefix} ({record['source']}) has entries this model "
-                    f"lacks: {missing[:3]}; built with another facediff or peft version?"
-                )
-            state.update({k: own[k] for k in record["keys"]})
+        """The frozen pretrained weights the checkpoint left out, checked and put back
+        (`facediff.lit.pretrained.restore_frozen`)."""
+        restore_frozen(self, checkpoint)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())

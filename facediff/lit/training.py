@@ -24,6 +24,7 @@ from facediff.config import instantiate, register_resolvers, validate
 from facediff.data.latents import cache_latents
 from facediff.lit.callbacks import AtomicCheckpointIO, LastCheckpoint, RunInfo
 from facediff.lit.ddp import ddp_ranks_join_this_job, rank_zero_first
+from facediff.lit.pretrained import restore_frozen
 from facediff.models.autoencoders import PixelSpace
 from facediff.precision import resolve_precision
 from facediff.provenance import LOADED, code_version
@@ -174,8 +175,7 @@ def check_resume(ckpt_path, model, ckpt: dict | None = None) -> None:
             f"ckpt_path={ckpt_path}: not written by facediff-train (no 'facediff' run record)"
         )
     try:  # the pretrained weights it left out must be the ones in place now
-        if hasattr(model, "restore_pretrained"):  # LatentDiffusion (not an evaluator)
-            model.restore_pretrained(ckpt)
+        restore_frozen(model, ckpt)  # a no-op for a checkpoint that left nothing out
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path}: {e}") from None
     now = model.data_info
