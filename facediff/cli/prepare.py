@@ -18,8 +18,9 @@ def prepare(cfg: DictConfig) -> dict | None:
     validate(cfg)
     datamodule = instantiate(cfg.data, prepare_workers=cfg.workers)
     report = datamodule.prepare_data(force=cfg.force)
+    datamodule.setup()  # reads it back: format, hash, attribute names
     if report is None:
-        meta = json.loads((datamodule.root / "meta.json").read_text())
+        meta = datamodule.data.meta  # what setup read: not meta.json a second time
         origin = meta.get("origin") or {
             "source": meta.get("source"),
             "raw_dir": meta.get("raw_dir"),
@@ -29,8 +30,7 @@ def prepare(cfg: DictConfig) -> dict | None:
             datamodule.root,
             origin,
         )
-    datamodule.setup()  # reads it back: format, hash, attribute names
-    if report is not None:
+    else:
         print(json.dumps(report, indent=1))
         print(
             f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}"

@@ -45,10 +45,7 @@ def read_attributes(raw_dir) -> tuple[list[str], np.ndarray]:
     path = Path(raw_dir) / ATTR_FILE
     if not path.is_file():
         raise BadInputError(f"{path}: attribute file not found")
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path}: not a text file ({e})") from None
+    lines = text_lines(path)
     if len(lines) < 2:
         raise BadInputError(f"{path}: expected a count line and a names line, got {len(lines)}")
     try:
@@ -84,6 +81,14 @@ def read_attributes(raw_dir) -> tuple[list[str], np.ndarray]:
         values[idx] = np.array(vals) > 0
         seen[idx] = True
     return names, values
+
+
+def text_lines(path: Path) -> list[str]:
+    """The lines of one of the archive's text files; BadInputError where it is not text."""
+    try:
+        return path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not a text file ({e})") from None
 
 
 def part_path(raw_dir, index: int, part: str) -> Path:
@@ -195,11 +200,7 @@ class CelebAMaskHQ:
         if not path.is_file():
             raise BadInputError(f"{path}: mapping file not found (needed by data.split=official)")
         number = np.full(n, -1, np.int64)
-        try:
-            lines = path.read_text().splitlines()
-        except UnicodeDecodeError as e:
-            raise BadInputError(f"{path}: not a text file ({e})") from None
-        for lineno, line in enumerate(lines[1:], start=2):
+        for lineno, line in enumerate(text_lines(path)[1:], start=2):
             fields = line.split()
             if not fields:
                 continue

@@ -140,7 +140,8 @@ def test_an_option_older_jobs_lack_counts_as_its_default(tmp_path):
         report([a], tmp_path / "out")
 
 
-def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
+def num_steps_sweep(tmp_path) -> Path:
+    """Two jobs of one sweep over evaluation.num_steps (10, 25), one seed."""
     a = sweep_dir(tmp_path, "a")
     for i, steps in enumerate((10, 25)):
         job(
@@ -150,6 +151,11 @@ def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
             {"attr_acc": 0.8},
             PROTOCOL | {"num_steps": steps},
         )
+    return a
+
+
+def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
+    a = num_steps_sweep(tmp_path)
     out = report([a], tmp_path / "out")
     assert [r[0] for r in out["rows"]] == ["evaluation.num_steps=10", "evaluation.num_steps=25"]
 
@@ -157,15 +163,7 @@ def test_an_evaluation_option_the_jobs_sweep_is_a_setting_not_a_clash(tmp_path):
 def test_a_truncated_metrics_json_is_a_failed_job_named_and_the_rows_stay(tmp_path):
     """A job killed while writing metrics.json: listed as failed with the file and why, the
     other job keeps its row, named by its setting (not "(common overrides only)")."""
-    a = sweep_dir(tmp_path, "a")
-    for i, steps in enumerate((10, 25)):
-        job(
-            a,
-            i,
-            [f"evaluation.num_steps={steps}", "seed=0"],
-            {"attr_acc": 0.8},
-            PROTOCOL | {"num_steps": steps},
-        )
+    a = num_steps_sweep(tmp_path)
     broken = a / "1" / "evaluation" / "metrics.json"
     broken.write_text(broken.read_text()[:40])  # cut mid-string
     out = report([a], tmp_path / "out")
