@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from facediff import checkpoint
 from facediff.conditions import label_map, values_batch
@@ -89,60 +88,6 @@ def model_from_checkpoint(
     if use_ema:
         model.ema.copy_to(model.trainable_parameters())
     return model.eval()
-
-
-def train(cfg, datamodule=None) -> dict:
-    """Train a composed config (`facediff.config.compose("train", [...])`), then, with
-    `evaluate_after=true`, run the evaluation protocol on the final model; returns the final
-    metrics (and the report's rows under "report"). facediff-train is this function."""
-    from facediff.lit.training import finish_wandb, fit
-
-    evaluate = bool(cfg.get("evaluate_after")) and not cfg.trainer.get("fast_dev_run")
-    if evaluate:  # a bad evaluation option fails now, not after the training
-        from facediff.evaluation.report import protocol_variants
-
-        protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
-    result = fit(
-        cfg, datamodule, keep_wandb_open=evaluate, before_fit=evaluators_for(cfg, evaluate)
-    )
-    metrics = result.metrics
-    if evaluate and result.trainer.is_global_zero:  # once per job, not once per rank
-        from facediff.evaluation.report import evaluate_after
-
-        ok = False
-        try:  # the table goes to the run's own W&B run, which then ends
-            metrics["report"] = evaluate_after(
-                cfg, result.model, result.datamodule, result.trainer
-            )
-            ok = True
-        finally:
-            finish_wandb(result.trainer, ok)
-    return metrics
-
-
-def evaluators_for(cfg, evaluate: bool):
-    """What trains the evaluators a training run needs (its fidelity/* monitor's and its
-    evaluation's), before fit and on global rank 0 only; None when it needs none."""
-    from facediff.evaluation.report import evaluators
-
-    if not str(cfg.model.get("_target_", "")).endswith("LatentDiffusion"):
-        return None  # an evaluator's own training
-    wanted = []
-    fidelity = (cfg.get("callbacks") or {}).get("fidelity")
-    if fidelity and fidelity.get("every_n_steps"):
-        wanted.append((fidelity.evaluators_dir, fidelity.parser_steps, fidelity.classifier_steps))
-    if evaluate:
-        e = cfg.evaluation
-        wanted.append((e.evaluators_dir, e.parser_steps, e.classifier_steps))
-    if not wanted:
-        return None
-
-    def ensure(datamodule) -> None:
-        for directory, parser_steps, classifier_steps in dict.fromkeys(wanted):
-            log.info("evaluators for %s (trained once, then cached)", datamodule.root)
-            evaluators(datamodule, directory, parser_steps, classifier_steps)
-
-    return ensure
 
 
 def datamodule_for(model: LatentDiffusion, verify_hash: bool = True):

@@ -12,6 +12,7 @@ metrics.json record both; facediff-report lists the versions its jobs ran).
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -60,4 +61,18 @@ def record() -> dict:
     return {"code": code_version(), "code_loaded": LOADED}
 
 
-__all__ = ["LOADED", "code_version", "record"]
+def warn_if_checkout_changed() -> None:
+    """Warn where the checkout changed since this process imported facediff."""
+    code = code_version()
+    if code != LOADED:
+        logging.getLogger("facediff.train").warning(
+            "the facediff checkout changed under this process: its code was imported at %s, "
+            "the configs were read at %s, so this job mixes the two (a sweep's workers keep "
+            "the modules they imported); run sweeps from a clone or a git worktree you leave "
+            "alone",
+            LOADED,
+            code,
+        )
+
+
+__all__ = ["LOADED", "code_version", "record", "warn_if_checkout_changed"]

@@ -54,7 +54,7 @@ def test_prepare_builds_the_evaluators_ahead_of_a_sweep(tmp_path):
     """facediff-prepare evaluators=true trains the evaluation's parser and classifier once,
     where facediff-train then finds them (a multi-node job never trains them inside fit)."""
     from facediff.cli.prepare import prepare
-    from facediff.evaluation.report import evaluators
+    from facediff.evaluation.evaluator_cache import evaluators
     from tests.conftest import TINY
 
     data = [o for o in TINY if o.startswith("data.")]
@@ -166,7 +166,7 @@ def test_evaluate_bad_inputs_name_the_culprit(tmp_path):
     ckpt = tmp_path / "none.ckpt"
     with pytest.raises(FileNotFoundError, match=r"none\.ckpt: no such checkpoint"):
         evaluate(compose("evaluate", [f"ckpt_path={ckpt}", f"output_dir={tmp_path}"]))
-    from facediff.evaluation.report import check_protocol
+    from facediff.evaluation.protocol import check_protocol
 
     p = dict(compose("evaluate", ["evaluation.diversity=lpip"]).evaluation)
     with pytest.raises(ValueError, match="evaluation.diversity='lpip': expected one of"):

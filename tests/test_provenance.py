@@ -71,12 +71,10 @@ def test_a_checkout_changed_under_a_running_process_is_said(make_cfg, monkeypatc
     the job warns, and its checkpoint and metrics record both versions."""
     from facediff import checkpoint
     from facediff.cli.train import train
-    from facediff.lit import training
 
-    monkeypatch.setattr(training, "LOADED", "0123456789ab")
     monkeypatch.setattr(provenance, "LOADED", "0123456789ab")
     cfg = make_cfg("conditioner=attr_mask_concat", "trainer.max_steps=2")
-    with caplog.at_level("WARNING", logger="facediff.lit.training"):
+    with caplog.at_level("WARNING", logger="facediff.train"):
         train(cfg)
     assert "the facediff checkout changed under this process" in caplog.text
     ckpt = checkpoint.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt")

@@ -26,15 +26,15 @@ def evaluate(cfg: DictConfig) -> dict:
         training_progress,
     )
     from facediff.data.datamodule import FaceDataModule
+    from facediff.evaluation.evaluator_cache import evaluators
     from facediff.evaluation.generated import META
-    from facediff.evaluation.report import (
+    from facediff.evaluation.protocol import (
         check_protocol,
         evaluate_variants,
-        evaluators,
         protocol_variants,
         score_generated,
-        write_report,
     )
+    from facediff.evaluation.tables import write_report
 
     register_resolvers()
     protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)

@@ -36,7 +36,7 @@ def prepare(cfg: DictConfig) -> dict | None:
             f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}"
         )
     if cfg.evaluators:  # ahead of a sweep or a multi-node job: trained once, here
-        from facediff.evaluation.report import evaluators, evaluators_dir
+        from facediff.evaluation.evaluator_cache import evaluators, evaluators_dir
 
         e = cfg.evaluation
         evaluators(datamodule, e.evaluators_dir, e.parser_steps, e.classifier_steps)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from facediff.evaluation.study import log_to_wandb, report
+from facediff.evaluation.study import report
+from facediff.evaluation.tables import log_study_to_wandb
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -33,7 +34,7 @@ def run(argv: list[str] | None = None) -> dict:
     print(result["markdown"])
     print("\nwrote " + " and ".join(result["paths"]))
     if args.wandb:
-        print(f"W&B table: {log_to_wandb(result, offline=not args.online)}")
+        print(f"W&B table: {log_study_to_wandb(result, offline=not args.online)}")
     return result
 
 

@@ -1,4 +1,9 @@
-"""facediff-train: train a composed config (facediff.api.train), resume with ckpt_path=."""
+"""facediff-train: train a composed config, then (evaluate_after=true) evaluate it.
+
+`train(cfg)` is the whole job, for notebooks and tests too: the evaluators it needs are trained
+before fit on global rank 0, `facediff.lit.training.fit` trains the model, and the evaluation
+protocol runs on global rank 0 alone. Resume with ckpt_path=.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,63 @@ import sys
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from facediff.api import train
 from facediff.config import group_overrides
-from facediff.lit.training import Interrupted
+from facediff.evaluation.evaluator_cache import evaluators
+from facediff.evaluation.protocol import evaluate_after, protocol_variants
+from facediff.evaluation.tables import OWN
+from facediff.lit.callbacks import Interrupted
+from facediff.lit.training import fit
+from facediff.lit.wandb import finish_wandb
 
 log = logging.getLogger("facediff.train")
-ROW = "samples vs own conditions"
+
+
+def train(cfg: DictConfig, datamodule=None) -> dict:
+    """Train a composed config (`facediff.config.compose("train", [...])`), then, with
+    `evaluate_after=true`, run the evaluation protocol on the final model; returns the final
+    metrics (and the evaluation's rows under "report"). facediff-train is this function."""
+    evaluate = bool(cfg.get("evaluate_after")) and not cfg.trainer.get("fast_dev_run")
+    if evaluate:  # a bad evaluation option fails now, not after the training
+        protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
+    result = fit(
+        cfg, datamodule, keep_wandb_open=evaluate, before_fit=evaluators_for(cfg, evaluate)
+    )
+    metrics = result.metrics
+    if evaluate and result.trainer.is_global_zero:  # once per job, not once per rank
+        ok = False
+        try:  # the table goes to the run's own W&B run, which then ends
+            metrics["report"] = evaluate_after(
+                cfg, result.model, result.datamodule, result.trainer
+            )
+            ok = True
+        finally:
+            finish_wandb(result.trainer, ok)
+    return metrics
+
+
+def evaluators_for(cfg: DictConfig, evaluate: bool):
+    """What trains the evaluators a training run needs (its fidelity/* monitor's and its
+    evaluation's), before fit and on global rank 0 only; None when it needs none."""
+    if not str(cfg.model.get("_target_", "")).endswith("LatentDiffusion"):
+        return None  # an evaluator's own training
+    wanted = []
+    fidelity = (cfg.get("callbacks") or {}).get("fidelity")
+    if fidelity and fidelity.get("every_n_steps"):
+        wanted.append((fidelity.evaluators_dir, fidelity.parser_steps, fidelity.classifier_steps))
+    if evaluate:
+        e = cfg.evaluation
+        wanted.append((e.evaluators_dir, e.parser_steps, e.classifier_steps))
+    if not wanted:
+        return None
+
+    def ensure(datamodule) -> None:
+        for directory, parser_steps, classifier_steps in dict.fromkeys(wanted):
+            log.info("evaluators for %s (trained once, then cached)", datamodule.root)
+            evaluators(datamodule, directory, parser_steps, classifier_steps)
+
+    return ensure
 
 
 def sweep_value(metrics: dict, name: str) -> float:
@@ -28,7 +82,7 @@ def sweep_value(metrics: dict, name: str) -> float:
                 f"sweep_metric={name!r} needs the evaluation: set evaluate_after=true"
             )
         key, prefix = name.removeprefix("report/"), "report/"
-        if ROW not in rows:  # {variant: rows}
+        if OWN not in rows:  # {variant: rows}
             variant, _, key = key.partition("/")
             if variant not in rows:
                 raise ValueError(
@@ -36,7 +90,7 @@ def sweep_value(metrics: dict, name: str) -> float:
                     f"{list(rows)}; name one, as report/<variant>/<column>"
                 )
             rows, prefix = rows[variant], f"report/{variant}/"
-        own = rows[ROW]
+        own = rows[OWN]
         if key not in own or not isinstance(own[key], (int, float)):
             valid = [f"{prefix}{k}" for k, v in own.items() if isinstance(v, (int, float))]
             raise ValueError(f"sweep_metric={name!r}: not in the evaluation; one of {valid}")

@@ -17,7 +17,7 @@ well-trained model ignores it; on data with a handedness (`data=synthfaces_chira
 the side. "Flips the layout, not the attributes" reads: mirrored agreement well above
 unmirrored, face centres on opposite sides, attribute accuracy equal under both flags.
 
-`facediff.evaluation.report.flip_check` runs it with the protocol's sampling and evaluators
+`facediff.evaluation.protocol.flip_check` runs it with the protocol's sampling and evaluators
 (`evaluation.flip_check=true`); this module holds what reads and prints it.
 """
 

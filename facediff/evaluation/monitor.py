@@ -8,7 +8,8 @@ import lightning as L
 import torch
 
 from facediff.data.batch import condition_batch, to_device
-from facediff.evaluation.report import evaluators, roll, score
+from facediff.evaluation.evaluator_cache import evaluators
+from facediff.evaluation.protocol import roll, score
 from facediff.lit.diffusion import LatentDiffusion
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ class FidelityMonitor(L.Callback):
     `num_steps` sampler steps) for the first `num_conditions` validation items and log how well
     the samples follow their conditions, and another item's conditions, as
     fidelity/{attr_acc,mask_acc,miou}[_shuffled]: on a W&B dashboard the conditioning rising,
-    not only the loss. The evaluators are the protocol's (`facediff.evaluation.report`),
+    not only the loss. The evaluators are the protocol's (`facediff.evaluation.evaluator_cache`),
     trained before fit when absent."""
 
     def __init__(

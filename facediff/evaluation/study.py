@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from facediff.evaluation.report import COLUMNS
+from facediff.evaluation.tables import markdown_lines, study_table
 
 SEED_KEYS = ("seed",)
 VARIANTS = "evaluation.variants"
-ROW = "samples vs own conditions"
-SHUFFLED = "samples vs shuffled conditions"
 
 
 @dataclass
@@ -309,47 +306,6 @@ def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[st
     return list(rows.values()), sorted(common)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    sd = (
-        math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-        if len(values) > 1
-        else 0.0
-    )
-    return m, sd
-
-
-def cell(jobs: list[Job], key: str, scale: float, fmt: str, which: str = ROW) -> str:
-    values = [
-        j.metrics["rows"][which][key] * scale
-        for j in jobs
-        if j.metrics is not None and key in j.metrics["rows"].get(which, {})
-    ]
-    if not values:
-        return "-"
-    m, sd = _mean_std(values)
-    return fmt.format(m) + (" ± " + fmt.format(sd) if len(values) > 1 else "")
-
-
-def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """(header, cells): Table 4's columns for own conditions, the shuffled fidelity beside
-    them, mean ± std over the row's finished jobs, the number of jobs (finished / all)."""
-    done = [j for r in rows for j in r.jobs if j.metrics is not None]
-    cols = [c for c in COLUMNS if any(c[0] in j.metrics["rows"].get(ROW, {}) for j in done)]
-    shuffled = [
-        c for c in cols if c[0] in ("attr_acc", "mask_acc", "miou")
-    ]  # the separation a conditioned model must show
-    header = ["setting", "jobs"] + [c[1] for c in cols] + [f"{c[1]} (shuffled)" for c in shuffled]
-    body = []
-    for r in rows:
-        ok = [j for j in r.jobs if j.metrics is not None]
-        line = [r.setting, f"{len(ok)}/{len(r.jobs)}"]
-        line += [cell(ok, k, scale, fmt) for k, _, fmt, scale in cols]
-        line += [cell(ok, k, scale, fmt, SHUFFLED) for k, _, fmt, scale in shuffled]
-        body.append(line)
-    return header, body
-
-
 def report(folders, out_dir) -> dict:
     """Read the multirun folders, check they share one protocol, write report.md and
     report.csv under out_dir; returns {header, rows, failed, common, protocol, paths}."""
@@ -359,13 +315,12 @@ def report(folders, out_dir) -> dict:
     protocol = check_protocols(jobs)
     same = same_options(jobs)
     rows, common = group(jobs, same)
-    header, body = table(rows)
+    header, body = study_table([(r.setting, [j.metrics for j in r.jobs]) for r in rows])
     failed = [str(j.folder) for j in jobs if j.metrics is None]
     why = [j.error or f"{j.folder}: no metrics.json" for j in jobs if j.metrics is None]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(line) + " |" for line in body]
+    md = markdown_lines(header, body)
     notes = [
         "",
         f"Mean ± std over seeds; jobs = finished / all. Folders: {', '.join(map(str, folders))}.",
@@ -434,28 +389,13 @@ def code_notes(jobs: list[Job]) -> list[str]:
     return lines
 
 
-def log_to_wandb(result: dict, project: str = "facediff", offline: bool = True) -> str:
-    """The table as a wandb.Table in a run of its own (job_type=report); returns its folder."""
-    import wandb
-
-    run = wandb.init(
-        project=project, job_type="report", mode="offline" if offline else "online", reinit=True
-    )
-    run.log({"study": wandb.Table(columns=result["header"], data=result["rows"])})
-    folder = run.dir
-    run.finish()
-    return folder
-
-
 __all__ = [
     "Job",
     "Row",
     "check_protocols",
     "group",
-    "log_to_wandb",
     "override_value",
     "read_jobs",
     "report",
     "same_options",
-    "table",
 ]

@@ -99,6 +99,18 @@ def grid_caption(cond: dict, attr_names: list[str], k: int) -> str:
     return head + " | " + " | ".join(rows)
 
 
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped a run after it wrote its last checkpoint; the job must stop
+    with a non-zero exit (128 + the signal number), not carry on as if training had ended."""
+
+    def __init__(self, signal_name: str, step: int, path: Path):
+        self.signal_name, self.step, self.path = signal_name, step, path
+        self.exit_code = 128 + int(getattr(signal, signal_name))
+        super().__init__(
+            f"{signal_name} received: stopped at step {step}; resume with ckpt_path={path}"
+        )
+
+
 class LastCheckpoint(L.Callback):
     """The run's one `<dirpath>/last.ckpt`, always written at a step boundary: after the
     optimizer, the LR schedule, the EMA and the data position have all advanced, so a run

@@ -145,3 +145,19 @@ def ddp_ranks_join_this_job():
 
 
 __all__ = ["agree", "ddp_ranks_join_this_job", "global_rank", "job_attempt", "rank_zero_first"]
+
+
+def check_same_job(shared: dict, datamodule, precision: str) -> None:
+    """A rank > 0 reads the data rank 0 hashed and trains in the precision rank 0 chose."""
+    mine = datamodule.data.meta.get("content_hash")
+    if shared.get("content_hash") != mine:
+        raise RuntimeError(
+            f"{datamodule.root}: this rank reads data with content hash {mine}, rank 0 prepared "
+            f"{shared.get('content_hash')}: the ranks of one job must see the same data folder "
+            "(a file system every node shares; paths.data_dir)"
+        )
+    if shared.get("precision") != precision:
+        raise RuntimeError(
+            f"trainer.precision: rank 0 chose {shared.get('precision')}, this rank {precision} "
+            "(nodes of different kinds); set trainer.precision explicitly for the job"
+        )

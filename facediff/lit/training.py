@@ -1,8 +1,8 @@
 """Training a composed config: choose the precision, build the trainer, the data and the model
 (rank 0's one-time work once per job), check a resume, fit.
 
-`fit(cfg)` is the one function that trains an experiment: facediff-train calls it (through
-`facediff.api.train`), and so does the evaluation when it trains its evaluators.
+`fit(cfg)` is the one function that trains an experiment: facediff-train calls it
+(`facediff.cli.train.train`), and so does the evaluator cache when it trains an evaluator.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -22,28 +21,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from facediff import checkpoint
 from facediff.config import instantiate, register_resolvers, validate
 from facediff.data.latents import cache_latents
-from facediff.lit.callbacks import AtomicCheckpointIO, LastCheckpoint, RunInfo
-from facediff.lit.ddp import ddp_ranks_join_this_job, rank_zero_first
+from facediff.lit.callbacks import AtomicCheckpointIO, Interrupted, LastCheckpoint, RunInfo
+from facediff.lit.ddp import check_same_job, ddp_ranks_join_this_job, rank_zero_first
 from facediff.lit.pretrained import restore_frozen
+from facediff.lit.wandb import build_loggers, finish_wandb
 from facediff.models.autoencoders import PixelSpace
 from facediff.precision import resolve_precision
-from facediff.provenance import LOADED, code_version
+from facediff.provenance import warn_if_checkout_changed
 
 log = logging.getLogger("facediff.train")
-
-
-class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped a run after it wrote its last checkpoint; the job must stop
-    with a non-zero exit (128 + the signal number), not carry on as if training had ended."""
-
-    def __init__(self, signal_name: str, step: int, path: Path):
-        import signal
-
-        self.signal_name, self.step, self.path = signal_name, step, path
-        self.exit_code = 128 + int(getattr(signal, signal_name))
-        super().__init__(
-            f"{signal_name} received: stopped at step {step}; resume with ckpt_path={path}"
-        )
 
 
 @dataclass
@@ -52,21 +38,6 @@ class FitResult:
     model: L.LightningModule
     datamodule: L.LightningDataModule
     trainer: L.Trainer
-
-
-def build_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> list:
-    """Instantiate the configured loggers; W&B continues `wandb_run_id` (the resumed
-    checkpoint's run) and falls back to offline when online logging cannot start."""
-    loggers = []
-    for _name, lg_cfg in (cfg.get("logger") or {}).items():
-        lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
-        if "WandbLogger" in lg_cfg.get("_target_", ""):
-            from facediff.lit.wandb import wandb_logger
-
-            loggers.append(wandb_logger(lg_cfg, wandb_run_id))
-        else:
-            loggers.append(instantiate(lg_cfg))
-    return loggers
 
 
 def data_info(datamodule, cfg: DictConfig) -> dict:
@@ -131,27 +102,10 @@ def build(cfg: DictConfig, datamodule=None, trainer=None, before_fit=None):
         if datamodule.data is None:  # a rank > 0: rank 0 prepared and hashed the data
             datamodule.verify_hash = False
             open_data()
-        check_same_job(shared, datamodule, cfg)
+        check_same_job(shared, datamodule, str(cfg.trainer.get("precision")))
     model.data_info = data_info(datamodule, cfg)
     model.build_config = OmegaConf.to_container(cfg, resolve=True)
     return datamodule, model
-
-
-def check_same_job(shared: dict, datamodule, cfg: DictConfig) -> None:
-    """A rank > 0 reads the data rank 0 hashed and trains in the precision rank 0 chose."""
-    mine = datamodule.data.meta.get("content_hash")
-    if shared.get("content_hash") != mine:
-        raise RuntimeError(
-            f"{datamodule.root}: this rank reads data with content hash {mine}, rank 0 prepared "
-            f"{shared.get('content_hash')}: the ranks of one job must see the same data folder "
-            "(a file system every node shares; paths.data_dir)"
-        )
-    precision = str(cfg.trainer.get("precision"))
-    if shared.get("precision") != precision:
-        raise RuntimeError(
-            f"trainer.precision: rank 0 chose {shared.get('precision')}, this rank {precision} "
-            "(nodes of different kinds); set trainer.precision explicitly for the job"
-        )
 
 
 RESUME_MUST_MATCH = {  # data_info key -> the option a user changes to make it differ
@@ -197,15 +151,6 @@ def check_resume(ckpt_path, model, ckpt: dict | None = None) -> None:
         now["resumed_on_changed_data"] = {k: then.get(k) for k in changed}
 
 
-def finish_wandb(trainer, ok: bool = True) -> None:
-    """End the W&B run of a trainer's WandbLogger (its files are complete after this)."""
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            import wandb
-
-            wandb.finish(exit_code=0 if ok else 1)
-
-
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint `ckpt_path` names: a file; `auto`: this run's own last.ckpt when it
     exists (a requeued job, a sweep run again into its folder), nothing otherwise; `last`: the
@@ -239,6 +184,59 @@ def job_precision(cfg: DictConfig, ckpt: dict | None) -> tuple[str, str]:
     return resolve_precision(setting, cfg.trainer.get("accelerator", "auto"))
 
 
+def set_precision(cfg: DictConfig, ckpt: dict | None) -> None:
+    """trainer.precision (and precision_reason) of this job, in the config (`job_precision`)."""
+    precision, why = job_precision(cfg, ckpt)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+        cfg.precision_reason = why
+    log.info("precision %s: %s", precision, why)
+
+
+def build_callbacks(cfg: DictConfig, loggers: list) -> list[L.Callback]:
+    """The configured callbacks and RunInfo; without a logger (logger=none), those that need
+    one are left out, saying so."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(RunInfo())
+    if not loggers:
+        for cb in [c for c in callbacks if isinstance(c, LearningRateMonitor)]:
+            log.info("logger=none: no LearningRateMonitor")
+            callbacks.remove(cb)
+    return callbacks
+
+
+def build_plugins(ckpt_path: str | None, ckpt: dict | None, single_process: bool) -> list:
+    """Atomic checkpoints (handing Lightning the checkpoint already read), and the cluster
+    environment: one process (`single_process`), or SLURM's without Lightning's own requeue
+    (submitit owns requeue: docs/scaling.md)."""
+    plugins = [AtomicCheckpointIO(preloaded={ckpt_path: ckpt} if ckpt_path else None)]
+    if single_process:
+        plugins.append(LightningEnvironment())
+    elif SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def log_hyperparams(trainer: L.Trainer, model) -> None:
+    """The resolved config, the trainable parameter count and the precision, to every logger."""
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("trainable parameters: %.2f M", n_params / 1e6)
+    precision = model.build_config["trainer"]["precision"]
+    for lg in trainer.loggers:
+        lg.log_hyperparams(
+            {"config": model.build_config, "params_M": n_params / 1e6, "precision": precision}
+        )
+
+
+def raise_if_interrupted(trainer: L.Trainer) -> None:
+    """Interrupted where SIGINT or SIGTERM stopped the fit (its last checkpoint named)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, LastCheckpoint) and cb.interrupted(trainer):
+            raise Interrupted(cb.interrupted(trainer), trainer.global_step, cb.path)
+    if trainer.received_sigterm:
+        raise Interrupted("SIGTERM", trainer.global_step, Path("(no last_checkpoint callback)"))
+
+
 def fit(
     cfg: DictConfig,
     datamodule=None,
@@ -263,47 +261,20 @@ def fit(
     ckpt = (
         checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume") if ckpt_path else None
     )
-    precision, why = job_precision(cfg, ckpt)
-    with open_dict(cfg):
-        cfg.trainer.precision = precision
-        cfg.precision_reason = why
-    log.info("precision %s: %s", precision, why)
-    code = code_version()
-    if code != LOADED:
-        log.warning(
-            "the facediff checkout changed under this process: its code was imported at %s, "
-            "the configs were read at %s, so this job mixes the two (a sweep's workers keep "
-            "the modules they imported); run sweeps from a clone or a git worktree you leave "
-            "alone",
-            LOADED,
-            code,
-        )
-    fast = bool(cfg.trainer.get("fast_dev_run"))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(RunInfo())
+    set_precision(cfg, ckpt)
+    warn_if_checkout_changed()
     loggers = build_loggers(cfg, (ckpt or {}).get("wandb_run_id"))
-    if not loggers:  # logger=none: callbacks that need a logger are left out, saying so
-        for cb in [c for c in callbacks if isinstance(c, LearningRateMonitor)]:
-            log.info("logger=none: no LearningRateMonitor")
-            callbacks.remove(cb)
-    plugins = [AtomicCheckpointIO(preloaded={ckpt_path: ckpt} if ckpt_path else None)]
-    if single_process:
-        plugins.append(LightningEnvironment())
-    elif SLURMEnvironment.detect():  # submitit owns requeue (README, "Scaling out")
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+    callbacks = build_callbacks(cfg, loggers)
+    plugins = build_plugins(ckpt_path, ckpt, single_process)
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins
     )
+    fast = bool(cfg.trainer.get("fast_dev_run"))
     datamodule, model = build(cfg, datamodule, trainer, None if fast else before_fit)
     if ckpt_path:
         check_resume(ckpt_path, model, ckpt)
     del ckpt  # Lightning gets it from AtomicCheckpointIO, once
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("trainable parameters: %.2f M", n_params / 1e6)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(
-            {"config": model.build_config, "params_M": n_params / 1e6, "precision": precision}
-        )
+    log_hyperparams(trainer, model)
     try:
         with ddp_ranks_join_this_job():
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -313,11 +284,7 @@ def fit(
         finished = trainer.state.status.value == "finished"
         if not (keep_wandb_open and finished and not trainer.received_sigterm):
             finish_wandb(trainer, finished)
-    for cb in callbacks:
-        if isinstance(cb, LastCheckpoint) and cb.interrupted(trainer):
-            raise Interrupted(cb.interrupted(trainer), trainer.global_step, cb.path)
-    if trainer.received_sigterm:
-        raise Interrupted("SIGTERM", trainer.global_step, Path("(no last_checkpoint callback)"))
+    raise_if_interrupted(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", metrics)
     return FitResult(metrics, model, datamodule, trainer)
@@ -325,9 +292,7 @@ def fit(
 
 __all__ = [
     "FitResult",
-    "Interrupted",
     "build",
-    "build_loggers",
     "check_resume",
     "fit",
     "job_precision",

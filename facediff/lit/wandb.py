@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
+from hydra.utils import get_class
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
 from facediff import checkpoint
 from facediff.config import instantiate
 
@@ -43,3 +47,25 @@ def wandb_logger(cfg: dict, run_id: str | None = None):
         )
         cfg["offline"] = True
         return instantiate(cfg)
+
+
+def build_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> list:
+    """Instantiate the configured loggers; W&B continues `wandb_run_id` (the resumed
+    checkpoint's run) and falls back to offline when online logging cannot start."""
+    loggers = []
+    for lg_cfg in (cfg.get("logger") or {}).values():
+        lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
+        if issubclass(get_class(lg_cfg["_target_"]), WandbLogger):
+            loggers.append(wandb_logger(lg_cfg, wandb_run_id))
+        else:
+            loggers.append(instantiate(lg_cfg))
+    return loggers
+
+
+def finish_wandb(trainer, ok: bool = True) -> None:
+    """End the W&B run of a trainer's WandbLogger (its files are complete after this)."""
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            wandb.finish(exit_code=0 if ok else 1)

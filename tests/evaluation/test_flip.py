@@ -9,7 +9,7 @@ import torch
 from facediff.cli.train import train
 from facediff.data.labels import MASK_CLASSES
 from facediff.evaluation.flip import face_center_x, mirror
-from facediff.evaluation.report import flip_check
+from facediff.evaluation.protocol import flip_check
 
 L = {n: i for i, n in enumerate(MASK_CLASSES)}
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from facediff.cli.train import train
+from facediff.evaluation.evaluator_cache import evaluators
 from facediff.evaluation.generated import CONDITIONS, read_generated, write_generated
-from facediff.evaluation.report import _groups, evaluators, markdown_table
+from facediff.evaluation.protocol import _groups
+from facediff.evaluation.tables import markdown_table
 from facediff.lit.evaluators import AttributeClassifier, FaceParser
 
 

@@ -15,7 +15,7 @@ from facediff import checkpoint, precision
 from facediff.cli.train import train
 from facediff.config import group_overrides, register_resolvers
 from facediff.lit import callbacks
-from facediff.lit.training import Interrupted
+from facediff.lit.callbacks import Interrupted
 from tests.reliability.test_faults import RESUME, assert_same_training_state
 
 

@@ -8,8 +8,9 @@ import torch
 
 import facediff.config
 from facediff import checkpoint
-from facediff.evaluation.report import evaluators
-from facediff.lit.training import Interrupted, build
+from facediff.evaluation.evaluator_cache import evaluators
+from facediff.lit.callbacks import Interrupted
+from facediff.lit.training import build
 
 
 @pytest.fixture

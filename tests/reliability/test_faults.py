@@ -10,9 +10,8 @@ import torch
 
 from facediff import checkpoint
 from facediff.cli.train import train
-from facediff.lit.callbacks import AtomicCheckpointIO
+from facediff.lit.callbacks import AtomicCheckpointIO, Interrupted
 from facediff.lit.diffusion import NonFiniteTrainingError
-from facediff.lit.training import Interrupted
 from tests.lit.helpers import all_finite
 
 FAST = ["callbacks.sample_grid.every_n_steps=0", "trainer.val_check_interval=2"]

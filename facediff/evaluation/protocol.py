@@ -1,35 +1,26 @@
-"""The evaluation protocol: evaluators, samples for the reference split's conditions, scores.
+"""The evaluation protocol: samples for the reference split's conditions, their scores (the
+rows of `facediff.evaluation.tables`), the protocol's variants, the evaluation after training
+and the flip check.
 
 One function scores a folder of generated images against their conditions
-(`score_generated`); `sample_for_protocol` writes such a folder from a checkpoint, so a
-checkpoint's numbers and a folder's numbers come from the same code. Rows of the table:
-
-- real images (ground truth): the evaluators on the reference images themselves;
-- samples vs own conditions: FID/KID/IS, fidelity to the conditions, diversity;
-- samples vs shuffled conditions: the same samples against another item's conditions (rolled
-  by one): a model that follows its conditions scores clearly higher on its own.
+(`score_generated`); `sample_for_protocol` writes such a folder from a model, so a checkpoint's
+numbers and a folder's numbers come from the same code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
 import re
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from omegaconf import OmegaConf
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from facediff import checkpoint
 from facediff.data.batch import condition_batch, repeat_batch, to_device
-from facediff.data.prepared import data_lock
 from facediff.diffusion.solvers import sampler_option
+from facediff.evaluation.evaluator_cache import evaluators
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.flip import face_center_x, flip_lines, mirror
 from facediff.evaluation.generated import read_generated, write_generated
@@ -42,171 +33,9 @@ from facediff.evaluation.metrics import (
     mask_scores,
     to_uint8,
 )
-from facediff.lit.evaluators import AttributeClassifier, FaceParser
-from facediff.provenance import record
+from facediff.evaluation.tables import OWN, REAL, SHUFFLED, log_table_to_loggers, write_report
 
 log = logging.getLogger(__name__)
-
-EVALUATORS = {
-    "face_parser": ("eval_parser", FaceParser),
-    "attribute_classifier": ("eval_classifier", AttributeClassifier),
-}
-
-
-def evaluators_dir(datamodule, directory=None) -> Path:
-    return Path(directory) if directory else Path(f"{datamodule.root}-evaluators")
-
-
-def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
-    """Train one evaluator with its facediff-train experiment (`experiment=eval_parser` or
-    `eval_classifier`) on `datamodule`, and cache its checkpoint as <directory>/<name>.ckpt
-    only once the run has completed its `steps`. An interrupted run leaves no cache entry; its
-    own last.ckpt (in <directory>/<name>_run/) is resumed by the next call."""
-    from facediff.config import compose
-    from facediff.data.datamodule import FaceDataModule
-    from facediff.lit.training import fit
-
-    experiment, _ = EVALUATORS[name]
-    directory = Path(directory)
-    run_dir = directory / f"{name}_run"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    overrides = [
-        f"experiment={experiment}",
-        f"data.resolution={datamodule.resolution}",
-        f"paths.output_dir={run_dir}",
-        f"trainer.max_steps={steps}",
-        f"trainer.val_check_interval={min(100, steps)}",
-        "logger=csv",
-        "~callbacks.progress_bar",
-        "trainer.enable_progress_bar=false",
-    ]
-    if last.is_file():
-        try:
-            done = checkpoint.load(last, "an evaluator run's last checkpoint")["global_step"]
-        except (ValueError, KeyError) as e:
-            log.warning("%s is unusable (%s); training the %s from the start", last, e, name)
-            shutil.rmtree(run_dir / "checkpoints")
-        else:
-            if done < steps:
-                log.info("resuming the %s from %s (step %d of %d)", name, last, done, steps)
-                overrides.append(f"ckpt_path={last}")
-            else:
-                shutil.rmtree(run_dir / "checkpoints")
-    cfg = compose("train", overrides)
-    train_items = len(datamodule.data.split("train"))
-    if cfg.data.batch_size > train_items:  # a small data set: the whole train split a batch
-        log.info("%s: batch %d for its %d train items", name, train_items, train_items)
-    dm = FaceDataModule(  # every attribute of the prepared data: one classifier serves all
-        str(datamodule.root),
-        datamodule.resolution,
-        attributes=None,
-        batch_size=min(cfg.data.batch_size, train_items),
-        seed=cfg.seed,
-        verify_hash=False,
-    )
-    if "num_attributes" in cfg.model:
-        cfg.model.num_attributes = len(dm.attr_names)
-    log.info("training the %s for %d steps (experiment=%s)", name, steps, experiment)
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:  # the caller's random streams are left as they were
-        result = fit(cfg, datamodule=dm, single_process=True)  # rank 0 alone, before DDP
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-    if result.trainer.global_step != steps or not last.is_file():
-        raise RuntimeError(
-            f"the {name} run in {run_dir} stopped at step {result.trainer.global_step} of "
-            f"{steps}; nothing was cached"
-        )
-    path = directory / f"{name}.ckpt"
-    os.replace(last, path)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return path
-
-
-def load_evaluator(name: str, path: Path, datamodule, steps: int):
-    """The cached evaluator at `path`, after checking what it was trained on against this
-    data and protocol: a completed run (global_step == its max_steps == `steps`) of the
-    evaluator's experiment, on the same resolution and data content hash."""
-    experiment, cls = EVALUATORS[name]
-    ckpt = checkpoint.load(path, f"a {cls.__name__} checkpoint")
-    run = ckpt.get("facediff") or {}
-    config, data = run.get("config") or {}, run.get("data") or {}
-    if not config or not data or "state_dict" not in ckpt:
-        raise ValueError(
-            f"{path}: not a {cls.__name__} checkpoint written by facediff-train "
-            f"experiment={experiment} of this version (no run record); delete it to train it again"
-        )
-    recorded = {
-        "experiment": config.get("task_name"),
-        "steps": ckpt.get("global_step"),
-        "resolution": data.get("resolution"),
-        "content_hash": data.get("content_hash"),
-    }
-    expected = {
-        "experiment": experiment,
-        "steps": steps,
-        "resolution": datamodule.resolution,
-        "content_hash": datamodule.data.meta.get("content_hash"),
-    }
-    planned = (config.get("trainer") or {}).get("max_steps")
-    if recorded["steps"] != planned:
-        raise ValueError(
-            f"{path}: a run stopped at step {recorded['steps']} of {planned}, not a completed "
-            "evaluator; delete it to train it again"
-        )
-    wrong = {k: (recorded[k], expected[k]) for k in expected if recorded[k] != expected[k]}
-    if wrong:
-        what = "; ".join(f"{k}: cached {a!r}, needed {b!r}" for k, (a, b) in wrong.items())
-        raise ValueError(
-            f"{path}: trained on something else ({what}); delete it to train it again, or point "
-            "evaluation.evaluators_dir elsewhere"
-        )
-    try:  # what LightningModule.load_from_checkpoint does, from the verified dict
-        module = cls(**ckpt.get("hyper_parameters", {}))
-        module.load_state_dict(ckpt["state_dict"])
-        module.on_load_checkpoint(ckpt)
-    except (TypeError, KeyError, RuntimeError) as e:
-        raise ValueError(
-            f"{path}: not a {cls.__name__} checkpoint of this facediff version "
-            f"({type(e).__name__}: {e}); delete it to train it again"
-        ) from e
-    return module.float().eval()
-
-
-def evaluators(
-    datamodule,
-    directory=None,
-    parser_steps: int = 300,
-    classifier_steps: int = 300,
-    train: bool = True,
-):
-    """(parser, classifier) for this prepared data set: <directory>/face_parser.ckpt and
-    attribute_classifier.ckpt, trained there on first use (`train`; otherwise a missing one is
-    an error) and checked when loaded (`load_evaluator`). The parser is None for data without
-    masks."""
-    directory = evaluators_dir(datamodule, directory)
-    out = []
-    for name, steps in (("face_parser", parser_steps), ("attribute_classifier", classifier_steps)):
-        if name == "face_parser" and not datamodule.has_masks:  # MAAD-Face: no masks to parse
-            out.append(None)
-            continue
-        path = directory / f"{name}.ckpt"
-        if not path.is_file() and not train:
-            raise FileNotFoundError(
-                f"{path}: the {name} is not trained yet, and it is not trained inside a "
-                "multi-process fit; facediff-train trains it before fit, or run facediff-prepare "
-                "evaluators=true first"
-            )
-        if not path.is_file():  # parallel sweep jobs on new data: one trains it, the others wait
-            with data_lock(directory / name):
-                if not path.is_file():  # not cached by another job meanwhile
-                    train_evaluator(name, datamodule, directory, steps)
-        out.append(load_evaluator(name, path, datamodule, steps))
-    parser, classifier = out
-    classifier.columns(datamodule.attr_names, str(directory / "attribute_classifier.ckpt"))
-    return parser, classifier
 
 
 @torch.no_grad()
@@ -368,9 +197,9 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
     real = ref["image"]
     own = score(fake, main, parser, classifier, names)
     rows = {
-        "real images (ground truth)": score(real, ref, parser, classifier, names),
-        "samples vs own conditions": own,
-        "samples vs shuffled conditions": score(fake, roll(main), parser, classifier, names),
+        REAL: score(real, ref, parser, classifier, names),
+        OWN: own,
+        SHUFFLED: score(fake, roll(main), parser, classifier, names),
     }
     kid_n = p["kid_subset_size"]
     domain = DomainFeatures(classifier)
@@ -473,44 +302,6 @@ def _groups(images: torch.Tensor, cond: dict) -> torch.Tensor | None:
     return torch.stack(out)
 
 
-COLUMNS = [
-    ("fid", "FID", "{:.2f}", 1),
-    ("kid", "KID x100", "{:.2f}", 100),
-    ("is", "IS", "{:.2f}", 1),
-    ("fid_domain", "FID*", "{:.2f}", 1),
-    ("kid_domain", "KID* x100", "{:.2f}", 100),
-    ("attr_acc", "attribute acc.", "{:.1f}", 100),
-    ("mask_acc", "mask acc.", "{:.1f}", 100),
-    ("miou", "mIoU", "{:.1f}", 100),
-    ("diversity", "diversity", "{:.4f}", 1),
-]
-
-
-def markdown_table(rows: dict) -> str:
-    """The paper's Table 4 columns (FID, KID, attribute acc., mask acc., mIoU, diversity);
-    a column only where some row has it. * = the domain extractor."""
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
-    lines = ["| | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, r in rows.items():
-        cells = [fmt.format(r[k] * scale) if k in r else "-" for k, _, fmt, scale in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
-    """metrics.json (everything, the protocol included) and report.md (the table)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(report["rows"])
-    metrics = report | (extra or {}) | record()  # which code measured it
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    notes = "\n".join(f"- {k}: {v}" for k, v in report.get("extractors", {}).items())
-    if "flip" in report:
-        notes += "\n\n" + flip_lines(report["flip"])
-    (out_dir / "report.md").write_text(table + "\n\n" + notes + "\n")
-    return table
-
-
 def evaluate_model(
     model, datamodule, p, out_dir, precision=None, extra: dict | None = None
 ) -> tuple[dict, str]:
@@ -597,8 +388,6 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
     """The evaluation protocol (cfg.evaluation) on the final model of a training run, once per
     variant (evaluation.variants) if it has any; prints the tables, and writes the precision
     the model trained in to metrics.json. Returns the rows, or {variant: rows}."""
-    from omegaconf import OmegaConf
-
     protocols = protocol_variants(OmegaConf.to_container(cfg.evaluation, resolve=True))
     results = {}
     out_dir = Path(cfg.paths.output_dir) / "evaluation"
@@ -617,33 +406,6 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
         )
         results[name] = report["rows"]
     return results if protocols[0][0] else results[None]
-
-
-def log_table_to_loggers(trainer, rows: dict, step: int, variant: str | None = None) -> None:
-    """The evaluation table as a wandb.Table ("evaluation/table", or "evaluation/<variant>/table")
-    in the run's W&B run, and its numbers as evaluation/[<variant>/]<row>/<column> for W&B's
-    summary and the other loggers."""
-    columns = [c[0] for c in COLUMNS]  # the printed table's columns
-    prefix = f"evaluation/{variant}" if variant else "evaluation"
-    flat = {}
-    for name, row in rows.items():
-        key = name.split(" (")[0].replace(" ", "_")
-        flat |= {
-            f"{prefix}/{key}/{c}": float(row[c])
-            for c in columns
-            if isinstance(row.get(c), (int, float))
-        }
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            data = [
-                [name]
-                + [row.get(c) if isinstance(row.get(c), (int, float)) else None for c in columns]
-                for name, row in rows.items()
-            ]
-            lg.log_table(f"{prefix}/table", columns=["row", *columns], data=data, step=step)
-        if flat:
-            lg.log_metrics(flat, step=step)
-        lg.save()
 
 
 def training_precision(config) -> dict:
