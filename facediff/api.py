@@ -29,9 +29,7 @@ def load_checkpoint(path) -> dict:
     (stopped by a signal or an error) is read, with a warning saying so."""
     path = Path(path).expanduser()
     ckpt = checkpoint.load(path, "a facediff-train checkpoint")
-    if not (ckpt.get("facediff") or {}).get("config"):
-        raise ValueError(f"{path}: not a facediff-train checkpoint (no 'facediff' config in it)")
-    written_by = ckpt["facediff"].get("code")
+    written_by = checkpoint.run_record(ckpt, path).code
     if written_by and written_by != LOADED:  # results may differ where the code changed
         log.warning(
             "%s: written by facediff %s, read by facediff %s (recorded as ckpt_code in "
@@ -56,8 +54,7 @@ def load_checkpoint(path) -> dict:
 def training_progress(ckpt: dict) -> tuple[int, int | None]:
     """(the step a checkpoint was written at, its run's trainer.max_steps; None where the run
     was not bounded by steps)."""
-    max_steps = ((ckpt["facediff"]["config"].get("trainer") or {}).get("max_steps")) or -1
-    return int(ckpt.get("global_step", 0)), (int(max_steps) if max_steps > 0 else None)
+    return int(ckpt.get("global_step", 0)), checkpoint.run_record(ckpt).max_steps
 
 
 def model_from_checkpoint(
@@ -72,7 +69,8 @@ def model_from_checkpoint(
     that you trust."""
     register_resolvers()
     where = f"{path or 'checkpoint'}: facediff.config.model"
-    spec = ckpt["facediff"]["config"].get("model")
+    run = checkpoint.run_record(ckpt, path or "checkpoint")
+    spec = run.config.get("model")
     target = spec.get("_target_") if isinstance(spec, dict) else None
     if target != "facediff.lit.diffusion.LatentDiffusion":
         raise UnsafeConfigError(
@@ -84,7 +82,7 @@ def model_from_checkpoint(
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"{path or 'checkpoint'}: {e}") from None
     model.load_state_dict(ckpt["state_dict"])
-    model.data_info, model.build_config = ckpt["facediff"]["data"], ckpt["facediff"]["config"]
+    model.data_info, model.build_config = run.data, run.config
     if use_ema:
         model.ema.copy_to(model.trainable_parameters())
     return model.eval()

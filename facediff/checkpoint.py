@@ -10,6 +10,16 @@ sampling, evaluation, the cached evaluators, the W&B run id) goes through `load`
 3. `torch.load(weights_only=True)`: tensors and plain containers only, so a pickle that would
    call `os.system` is refused instead of run. facediff has no way round this: a file that is
    refused must be converted by whoever trusts it, outside facediff.
+
+This module owns the format of facediff's own entries in a Lightning checkpoint too:
+
+- `ckpt["facediff"]`, the run record (`RunRecord`: the resolved config, what the data was, the
+  code versions), written by `write_run_record` and read by `run_record` alone;
+- pretrained weights named and hashed, not copied: what was loaded with `from_pretrained` and
+  did not train (a first stage, SD 2's UNet under LoRA, its VAE and text encoder: ~5 GB, against
+  a few MB of LoRA) is left out (`leave_out_frozen`), with where it came from and its sha256;
+  reading puts those weights back from the model's own parts after checking they are the same
+  ones (`restore_frozen`).
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ import pickle
 import shutil
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from facediff.data.prepared import remove_stale_tmp
 
@@ -33,6 +45,43 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged, unsafe or not what was expected; names the file."""
+
+
+PRETRAINED = "facediff_pretrained"  # the attribute from_pretrained tags its models with
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """`ckpt["facediff"]`: what a facediff-train run was (its resolved config, the data's
+    `data_info`) and which code wrote it (`facediff.provenance.record`)."""
+
+    config: dict
+    data: dict
+    code: str | None = None
+    code_loaded: str | None = None
+
+    @property
+    def max_steps(self) -> int | None:
+        """The run's trainer.max_steps; None where the run was not bounded by steps."""
+        steps = (self.config.get("trainer") or {}).get("max_steps") or -1
+        return int(steps) if steps > 0 else None
+
+
+def write_run_record(ckpt: dict, config: dict, data: dict, code: dict) -> None:
+    """Put the run record into a checkpoint being saved (`code`: provenance.record())."""
+    ckpt["facediff"] = {"config": config, "data": data} | code
+
+
+def run_record(ckpt: dict, where="checkpoint", what: str = "facediff-train") -> RunRecord:
+    """The run record of a checkpoint; a CheckpointError naming `where` if it has none (a
+    checkpoint not written by `what`)."""
+    rec = ckpt.get("facediff")
+    if not isinstance(rec, dict) or not rec.get("config") or not rec.get("data"):
+        raise CheckpointError(
+            f"{where}: not a {what} checkpoint (no 'facediff' run record in it: written by "
+            "something else, or by an older facediff)"
+        )
+    return RunRecord(rec["config"], rec["data"], rec.get("code"), rec.get("code_loaded"))
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -173,4 +222,80 @@ def load(path, what: str = "a checkpoint") -> dict:
     return obj
 
 
-__all__ = ["CheckpointError", "atomic_save", "load", "verify", "remove_stale_tmp", "state_digest"]
+def pretrained_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The parts loaded with from_pretrained (a first stage, a text encoder, SD's UNet), by
+    their state-dict prefix."""
+    return {n: m for n, m in model.named_modules() if getattr(m, PRETRAINED, None)}
+
+
+def frozen_keys(prefix: str, part: nn.Module, state: dict) -> list[str]:
+    """The part's state-dict entries that training does not change: its frozen parameters
+    (and its buffers, where nothing in it trains and it is not in training mode)."""
+    trainable = {f"{prefix}.{n}" for n, p in part.named_parameters() if p.requires_grad}
+    params = {f"{prefix}.{n}" for n, _ in part.named_parameters()}
+    keep_buffers = bool(trainable) or part.training
+    return [
+        k
+        for k in state
+        if k.startswith(prefix + ".") and k not in trainable and (k in params or not keep_buffers)
+    ]
+
+
+def leave_out_frozen(model: nn.Module, checkpoint: dict) -> None:
+    """Drop the frozen pretrained entries from the checkpoint's state dict, recording each
+    part's source, sha256 and keys as `pretrained_frozen`."""
+    state, frozen = checkpoint.get("state_dict", {}), {}
+    for prefix, part in pretrained_parts(model).items():
+        keys = frozen_keys(prefix, part, state)
+        for k in keys:
+            del state[k]
+        frozen[prefix] = {**getattr(part, PRETRAINED), "keys": keys}
+    checkpoint["pretrained_frozen"] = frozen
+
+
+def restore_frozen(model: nn.Module, checkpoint: dict) -> None:
+    """Put the frozen pretrained weights the checkpoint left out back into its state dict,
+    from the model's own parts, after checking they are the ones it was trained on (the same
+    sha256); a CheckpointError naming the option to point elsewhere if not. A checkpoint that
+    left nothing out (an evaluator's, an older one) is unchanged."""
+    state, parts = checkpoint.get("state_dict", {}), pretrained_parts(model)
+    for prefix, record in (checkpoint.get("pretrained_frozen") or {}).items():
+        part = parts.get(prefix)
+        if part is None:
+            raise CheckpointError(
+                f"the checkpoint's {prefix} was loaded from {record['source']}, but this "
+                "model has no pretrained part there (a checkpoint of another model?)"
+            )
+        now = getattr(part, PRETRAINED)
+        if now["sha256"] != record["sha256"]:
+            raise CheckpointError(
+                f"the checkpoint was trained on {record['source']} (sha256 "
+                f"{record['sha256'][:12]}...), but {now['source']} now holds other weights "
+                f"(sha256 {now['sha256'][:12]}...): the checkpoint does not hold them (it "
+                "saves only what trained), so point the option at the weights it was "
+                "trained with"
+            )
+        own = part.state_dict(prefix=prefix + ".")
+        missing = [k for k in record["keys"] if k not in own]
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint's {prefix} ({record['source']}) has entries this model "
+                f"lacks: {missing[:3]}; built with another facediff or peft version?"
+            )
+        state.update({k: own[k] for k in record["keys"]})
+
+
+__all__ = [
+    "PRETRAINED",
+    "CheckpointError",
+    "RunRecord",
+    "atomic_save",
+    "leave_out_frozen",
+    "load",
+    "remove_stale_tmp",
+    "restore_frozen",
+    "run_record",
+    "state_digest",
+    "verify",
+    "write_run_record",
+]

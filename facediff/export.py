@@ -20,6 +20,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from facediff import checkpoint
+
 _FROM = re.compile(r"^(\s*)from (facediff(?:\.\w+)+) import ", re.MULTILINE)
 _ANY = re.compile(r"^\s*(?:from|import)\s+facediff\b", re.MULTILINE)
 PIPELINE_MODULE = "facediff.pipeline"
@@ -70,7 +72,7 @@ def shipped_sources(root: str = PIPELINE_MODULE) -> dict[str, str]:
 def component_specs(ckpt: dict, model) -> tuple[dict, dict]:
     """The denoiser's and the conditioner's configs, resolved, as the pipeline rebuilds them; a
     pretrained SegFormer's folder is replaced by its config (the weights come with the export)."""
-    cfg = OmegaConf.create(ckpt["facediff"]["config"])
+    cfg = OmegaConf.create(checkpoint.run_record(ckpt).config)
     denoiser = OmegaConf.to_container(cfg.model.denoiser, resolve=True)
     conditioner = OmegaConf.to_container(cfg.model.conditioner, resolve=True)
     for name, enc in (conditioner.get("encoders") or {}).items():

@@ -11,6 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from facediff import checkpoint
 from facediff.config import register_resolvers
 from facediff.precision import resolve_device
 
@@ -54,7 +55,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "ckpt_path": str(cfg.ckpt_path),
             "ckpt_step": step,
             "ckpt_max_steps": max_steps,
-            "ckpt_code": ckpt["facediff"].get("code"),  # the code that trained it
+            "ckpt_code": checkpoint.run_record(ckpt).code,  # the code that trained it
         }
         for name, options, report, table, folder in evaluate_variants(
             model, dm, protocols, out, extra=extra

@@ -108,13 +108,14 @@ def load_evaluator(name: str, path: Path, datamodule, steps: int):
     evaluator's experiment, on the same resolution and data content hash."""
     experiment, cls = EVALUATORS[name]
     ckpt = checkpoint.load(path, f"a {cls.__name__} checkpoint")
-    run = ckpt.get("facediff") or {}
-    config, data = run.get("config") or {}, run.get("data") or {}
-    if not config or not data or "state_dict" not in ckpt:
-        raise ValueError(
-            f"{path}: not a {cls.__name__} checkpoint written by facediff-train "
-            f"experiment={experiment} of this version (no run record); delete it to train it again"
-        )
+    what = f"{cls.__name__} (facediff-train experiment={experiment})"
+    try:
+        run = checkpoint.run_record(ckpt, path, what)
+        if "state_dict" not in ckpt:
+            raise checkpoint.CheckpointError(f"{path}: not a {what} checkpoint (no state_dict)")
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"{e}; delete it to train it again") from None
+    config, data = run.config, run.data
     recorded = {
         "experiment": config.get("task_name"),
         "steps": ckpt.get("global_step"),

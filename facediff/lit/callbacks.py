@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from facediff.checkpoint import atomic_save, load
+from facediff.checkpoint import atomic_save, load, write_run_record
 from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.provenance import record
 from facediff.visualize import colorize, grid, save_png, to_uint8
@@ -203,8 +203,7 @@ class RunInfo(L.Callback):
     as `checkpoint["facediff"]`: resume, sampling and the evaluator cache check it."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        config, data = pl_module.build_config, pl_module.data_info
-        checkpoint["facediff"] = {"config": config, "data": data} | record()
+        write_run_record(checkpoint, pl_module.build_config, pl_module.data_info, record())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,10 +14,10 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
+from facediff.checkpoint import leave_out_frozen, restore_frozen
 from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas, snr_from_flow_t
 from facediff.diffusion.sampling import Sampler, guidance_levels
 from facediff.lit.ddp import agree
-from facediff.lit.pretrained import leave_out_frozen, restore_frozen
 from facediff.models.autoencoders import Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
 from facediff.models.routing import check_routing
@@ -381,7 +381,7 @@ class LatentDiffusion(L.LightningModule):
         self.ema.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        leave_out_frozen(self, checkpoint)  # named and hashed, not copied (lit/pretrained.py)
+        leave_out_frozen(self, checkpoint)  # named and hashed, not copied (facediff.checkpoint)
         checkpoint["ema"] = self.ema.state_dict()
         checkpoint["generator"] = self.generator.get_state()
         checkpoint["bad_steps"] = (self.bad_steps, self.total_bad_steps)
@@ -399,7 +399,7 @@ class LatentDiffusion(L.LightningModule):
 
     def restore_pretrained(self, checkpoint: dict) -> None:
         """The frozen pretrained weights the checkpoint left out, checked and put back
-        (`facediff.lit.pretrained.restore_frozen`)."""
+        (`facediff.checkpoint.restore_frozen`)."""
         restore_frozen(self, checkpoint)
 
     def num_parameters(self) -> int:

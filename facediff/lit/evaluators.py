@@ -39,7 +39,7 @@ class AttributeClassifier(L.LightningModule):
         widths, depths = tuple(widths), tuple(depths)  # plain tuples: safe to load (weights_only)
         self.save_hyperparameters()
         if pretrained:  # a local transformers ResNet folder (e.g. microsoft/resnet-18 saved)
-            from facediff.models.autoencoders import from_pretrained
+            from facediff.models.pretrained import from_pretrained
 
             self.backbone = from_pretrained(ResNetModel, pretrained, "model.pretrained")
             widths = tuple(self.backbone.config.hidden_sizes)
@@ -139,7 +139,7 @@ class FaceParser(L.LightningModule):
         )
         self.save_hyperparameters()
         if pretrained:  # a local SegFormer folder (e.g. nvidia/mit-b0 saved), 19-class head new
-            from facediff.models.autoencoders import from_pretrained
+            from facediff.models.pretrained import from_pretrained
 
             self.segformer = from_pretrained(
                 SegformerForSemanticSegmentation,

@@ -23,7 +23,6 @@ from facediff.config import instantiate, register_resolvers, validate
 from facediff.data.latents import cache_latents
 from facediff.lit.callbacks import AtomicCheckpointIO, Interrupted, LastCheckpoint, RunInfo
 from facediff.lit.ddp import check_same_job, ddp_ranks_join_this_job, rank_zero_first
-from facediff.lit.pretrained import restore_frozen
 from facediff.lit.wandb import build_loggers, finish_wandb
 from facediff.models.autoencoders import PixelSpace
 from facediff.precision import resolve_precision
@@ -123,13 +122,9 @@ def check_resume(ckpt_path, model, ckpt: dict | None = None) -> None:
     `ckpt`: the checkpoint already read (read here otherwise)."""
     if ckpt is None:
         ckpt = checkpoint.load(ckpt_path, "a facediff-train checkpoint to resume")
-    then = (ckpt.get("facediff") or {}).get("data")
-    if not then:
-        raise checkpoint.CheckpointError(
-            f"ckpt_path={ckpt_path}: not written by facediff-train (no 'facediff' run record)"
-        )
+    then = checkpoint.run_record(ckpt, f"ckpt_path={ckpt_path}").data
     try:  # the pretrained weights it left out must be the ones in place now
-        restore_frozen(model, ckpt)  # a no-op for a checkpoint that left nothing out
+        checkpoint.restore_frozen(model, ckpt)  # a no-op for a checkpoint that left nothing out
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path}: {e}") from None
     now = model.data_info
@@ -175,7 +170,8 @@ def job_precision(cfg: DictConfig, ckpt: dict | None) -> tuple[str, str]:
     """trainer.precision for this job: the user's; else, resuming, the checkpoint's (a run
     that changed precision midway would not continue exactly); else chosen for the device."""
     setting = cfg.trainer.get("precision")
-    then = ((ckpt or {}).get("facediff") or {}).get("config", {}).get("trainer", {})
+    where = f"ckpt_path={cfg.get('ckpt_path')}"
+    then = (checkpoint.run_record(ckpt, where).config.get("trainer") or {}) if ckpt else {}
     if setting in (None, "auto") and then.get("precision") not in (None, "auto"):
         return str(then["precision"]), (
             f"the precision of the checkpoint resumed ({then['precision']}); set "

@@ -222,7 +222,7 @@ class SegFormerMaskEncoder(ConditionEncoder):
         if config is not None:
             self.segformer = SegformerModel(SegformerConfig.from_dict(config))
         elif pretrained:
-            from facediff.models.autoencoders import from_pretrained
+            from facediff.models.pretrained import from_pretrained
 
             self.segformer = from_pretrained(SegformerModel, pretrained, "conditioner.pretrained")
         else:

@@ -661,7 +661,7 @@ OTHER = {  # name: (action, exception, message)
             )
         ),
         ValueError,
-        r"edited\.ckpt: not written by facediff-train",
+        r"edited\.ckpt: not a facediff-train checkpoint",
     ),
     "sample from changed data": (
         sample_on_changed_data,
@@ -676,7 +676,7 @@ OTHER = {  # name: (action, exception, message)
     "cached evaluator not one": (
         lambda t: cached_evaluator(t, lambda p: torch.save({"state_dict": {}}, p)),
         ValueError,
-        r"face_parser\.ckpt: not a FaceParser checkpoint written by facediff-train",
+        r"face_parser\.ckpt: not a FaceParser \(facediff-train experiment=eval_parser\) checkpoint",
     ),
     "checkpoint write on a full disk": (
         full_disk,
