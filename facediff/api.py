@@ -175,7 +175,7 @@ class FaceGenerator:
         A deterministic solver (DDIM eta 0, the default) keeps the runs comparable.
         """
         from facediff import editing
-        from facediff.visualize import to_uint8
+        from facediff.visualize import to_numpy_images
 
         kw = {"num_steps": num_steps, "seed": seed, "shared_noise": True}
         kw["guidance_scale"] = (
@@ -196,7 +196,7 @@ class FaceGenerator:
             swapped = editing.swap_parts(a, b, parts)
             batch = self.batch(attributes, a, 2, resize_mask)
             batch["mask"][1] = swapped
-            images = to_uint8(run(batch))
+            images = to_numpy_images(run(batch))
             return {"original": images[0], "swapped": images[1], "mask": swapped.numpy()}
         if mode == "attributes":
             names = list(toggle or self.attr_names)
@@ -221,7 +221,7 @@ class FaceGenerator:
                 hook.region = editing.region_map(batch["mask"], region, (h, h))
                 hook.path = [z.expand(len(batch["attrs"]), -1, -1, -1) for z in hook.path]
                 extra["step_callback"] = hook.blend
-            images = to_uint8(run(batch, **extra))
+            images = to_numpy_images(run(batch, **extra))
             return {
                 "images": images.reshape(len(names), 2, *images.shape[1:]),
                 "attributes": names,
@@ -237,7 +237,7 @@ class FaceGenerator:
                 for k, v in self.batch(attributes_b, mask, n, resize_mask).items()
             }
             mixed = editing.Interpolated(self.model.conditioner, batch_b, alphas)
-            images = to_uint8(run(batch_a, conditioner=mixed))
+            images = to_numpy_images(run(batch_a, conditioner=mixed))
             return {"images": images, "alphas": alphas.tolist()}
         raise ValueError(f"mode={mode!r}: expected 'swap', 'attributes' or 'interpolate'")
 
@@ -258,7 +258,7 @@ class FaceGenerator:
         """Generate faces; returns uint8 (N, H, W, 3). A condition not given is dropped (its
         null embedding), so e.g. attributes alone sample a mask-free face for them; `control`
         sets control metadata ({"flip": 1}) for a model trained with it."""
-        from facediff.visualize import to_uint8
+        from facediff.visualize import to_numpy_images
 
         if batch is None:
             batch = self.batch(attributes, mask, num_samples, resize_mask, control)
@@ -271,4 +271,4 @@ class FaceGenerator:
         images = self.model.generate(
             batch, seed=seed, num_steps=num_steps, eta=eta, guidance_scale=gs, drop=dropped
         )
-        return to_uint8(images)
+        return to_numpy_images(images)

@@ -10,7 +10,7 @@ def _attr_count(attributes, default):
 
 
 def _rendered_attributes():
-    from facediff.data.synthfaces import RENDERED_ATTRIBUTES
+    from facediff.data.face_renderer import RENDERED_ATTRIBUTES
 
     return list(RENDERED_ATTRIBUTES)
 
@@ -104,6 +104,10 @@ MODEL_TARGETS = frozenset(
         *(
             f"facediff.diffusion.losses.{n}"
             for n in ("DiffusionLoss", "P2Weighting", "NoWeighting", "MinSNRWeighting")
+        ),
+        *(
+            f"facediff.diffusion.objectives.{n}"
+            for n in ("Epsilon", "VPrediction", "Sample", "Flow")
         ),
         "facediff.diffusion.sampling.Sampler",
         "diffusers.DDPMScheduler",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from facediff.data.labels import MASK_CLASSES
-from facediff.models.conditioning import Condition
+from facediff.models.denoiser import Condition
 
 # a removed part is filled with what lies under it: skin inside the face, background outside
 INSIDE_FACE = ("nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")

@@ -98,7 +98,9 @@ def build_pipeline(ckpt: dict, use_ema: bool = True, path=None, model=None):
     conditioner.model.load_state_dict(model.conditioner.state_dict())
     s = model.sampler
     options = dict(s.scheduler_options)
-    if model.flow and s.solves_diffusion:  # a multistep solver on the flow (sampling.Sampler)
+    if (
+        model.objective.is_flow and s.solves_diffusion
+    ):  # a multistep solver on the flow (sampling.Sampler)
         options |= {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
     scheduler = s.scheduler_cls.from_config(model.noise_scheduler.config, **options)
     ae = model.autoencoder

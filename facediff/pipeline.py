@@ -45,7 +45,7 @@ from facediff.models.conditioning import (
 )
 from facediff.models.dit import DiT
 from facediff.models.unet import UNet
-from facediff.visualize import to_uint8
+from facediff.visualize import to_numpy_images
 
 BUILDABLE = {
     cls.__name__: cls
@@ -234,7 +234,7 @@ class FaceDiffPipeline(DiffusionPipeline):
         if output_type == "pt":
             out = images
         else:
-            out = to_uint8(images)
+            out = to_numpy_images(images)
             if output_type == "pil":
                 out = [Image.fromarray(x) for x in out]
         return FaceDiffPipelineOutput(images=out) if return_dict else (out,)

@@ -1,4 +1,4 @@
-"""Image helpers: tensors to uint8, coloured label maps, grids, PNG writing."""
+"""Image helpers: tensors to uint8 arrays, coloured label maps, grids, PNG writing."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from facediff.data.labels import MASK_PALETTE
+from facediff.data.transforms import to_uint8
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+def to_numpy_images(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> a uint8 array (B, H, W, 3), as PIL and matplotlib show it."""
+    return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def colorize(mask) -> np.ndarray:

@@ -39,7 +39,7 @@ def test_a_prepared_folder_is_not_reused_for_other_source_options(tmp_path, capl
     prepare(compose("prepare", base))
     with caplog.at_level("INFO", logger="facediff.prepare"):
         assert prepare(compose("prepare", [*base, "data.source.num_workers=2"])) is None
-    assert "prepared from {'source': 'facediff.data.celebamask.SynthFaces'" in caplog.text
+    assert "prepared from {'source': 'facediff.data.synthfaces.SynthFaces'" in caplog.text
     with pytest.raises(
         BadInputError, match=r"data.source.num_faces: prepared from 48, configured 40"
     ):

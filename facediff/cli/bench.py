@@ -19,9 +19,8 @@ log = logging.getLogger("facediff.bench")
 
 def bench_synthfaces(num_faces: int, resolutions, out: Path) -> dict:
     """Seconds to generate `num_faces` SynthFaces and to prepare them at each resolution."""
-    from facediff.data.celebamask import SynthFaces
     from facediff.data.prepared import prepare
-    from facediff.data.synthfaces import write_synthfaces
+    from facediff.data.synthfaces import SynthFaces, write_synthfaces
 
     raw = out / "synthfaces_raw"
     t0 = time.perf_counter()
@@ -37,8 +36,8 @@ def bench_synthfaces(num_faces: int, resolutions, out: Path) -> dict:
 def bench_loader(out: Path, resolution: int, items: int) -> dict:
     """Samples/s of the prepared (memory-mapped) reader against decoding the JPEG and merging
     the part PNGs per sample, the same items, one process."""
-    from facediff.data.celebamask import SynthFaces
     from facediff.data.datamodule import FaceDataModule
+    from facediff.data.synthfaces import SynthFaces
 
     dm = FaceDataModule(str(out / f"prep_{resolution}"), resolution, verify_hash=False)
     ds = dm.dataset("train")
@@ -107,17 +106,17 @@ def _bare_step(model, batch, opt, sched, parts: dict | None = None) -> None:
 
     t = time.perf_counter()
     z0 = model.encode(batch)
-    b, T = z0.shape[0], model.noise_scheduler.config.num_train_timesteps
-    tt = torch.randint(0, T, (b,), generator=model.generator)
+    b, obj = z0.shape[0], model.objective
+    tt = obj.sample_t(b, model.generator)
     eps = torch.randn(z0.shape, generator=model.generator)
-    zt = model.noise_scheduler.add_noise(z0, eps, tt)
+    zt, target = obj.noise(z0, eps, tt), obj.target(z0, eps, tt)
     drop = model.conditioner.sample_drop(b, model.generator, z0.device)
     t = mark("noise", t)
     cond = model.conditioner(batch, drop=drop, spatial_size=z0.shape[-2:])
     t = mark("condition encoding", t)
-    pred = model.denoiser(zt, tt, cond)
+    pred = model.denoiser(zt, obj.model_time(tt), cond)
     t = mark("denoiser forward", t)
-    loss = model.loss(pred, eps, model.snr[tt], batch, model.prediction_type)["loss"].mean()
+    loss = model.loss(pred, target, obj.snr(tt), batch, obj.prediction_type)["loss"].mean()
     t = mark("loss", t)
     loss.backward()
     t = mark("backward", t)
@@ -186,7 +185,7 @@ def bench_denoisers(sets, steps: int) -> list[dict]:
     """Parameters and fp32 training steps/s (forward, backward, AdamW) of denoiser options,
     each on random inputs of its set's resolution and batch, one token of condition."""
     from facediff.config import compose
-    from facediff.models.conditioning import Condition
+    from facediff.models.denoiser import Condition
 
     rows = []
     for group in sets:

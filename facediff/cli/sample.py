@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from facediff.api import FaceGenerator
 from facediff.config import register_resolvers
 from facediff.diffusion.solvers import sampler_option
-from facediff.visualize import colorize, grid, save_png, to_uint8
+from facediff.visualize import colorize, grid, save_png, to_numpy_images
 
 log = logging.getLogger("facediff.sample")
 
@@ -56,7 +56,7 @@ def sample(cfg: DictConfig) -> Path:
             "ckpt_path": str(cfg.ckpt_path),
         } | {key: v for key, v in kwargs.items()}
         write_generated(out, torch.from_numpy(images).permute(0, 3, 1, 2), per_image, meta)
-        real = to_uint8(cond["image"])
+        real = to_numpy_images(cond["image"])
         for i in range(len(real)):
             head = [real[i]] + ([colorize(cond["mask"][i])] if "mask" in cond else [])
             rows.append(head + list(images[i * k : (i + 1) * k]))

@@ -16,9 +16,10 @@ The batch, one dict (every model and metric in facediff reads these keys):
 `mask` is absent for data sets without masks (MAAD-Face).
 """
 
-from facediff.data.datamodule import FaceDataModule, hflip
+from facediff.data.datamodule import FaceDataModule
 from facediff.data.labels import CONTROL_NAMES
 from facediff.data.prepared import BadInputError, PreparedDataset, prepare
+from facediff.data.transforms import hflip
 
 __all__ = [
     "CONTROL_NAMES",

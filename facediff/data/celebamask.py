@@ -14,21 +14,13 @@ number in `orig_file`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_PARTS, select_attributes
-from facediff.data.prepared import BadInputError, Sample, data_lock, load_image, random_split
-from facediff.data.synthfaces import (
-    GENERATED,
-    POSE,
-    check_pose,
-    generation_params,
-    write_synthfaces,
-)
+from facediff.data.prepared import BadInputError, Sample, load_image, random_split
 
 ATTR_FILE = "CelebAMask-HQ-attribute-anno.txt"
 MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
@@ -224,50 +216,3 @@ class CelebAMaskHQ:
             "val": np.flatnonzero((number > OFFICIAL_LAST_TRAIN) & (number <= OFFICIAL_LAST_VAL)),
             "test": np.flatnonzero(number > OFFICIAL_LAST_VAL),
         }
-
-
-class SynthFaces(CelebAMaskHQ):
-    """SynthFaces through the CelebAMask-HQ reader; generates its raw folder when absent, and
-    reuses one only if it was generated from the same options (its `synthfaces.json`; a folder
-    without one, from before that record, counts as the default pose)."""
-
-    name = "synthfaces"
-
-    def __init__(
-        self,
-        raw_dir: str,
-        num_faces: int = 2000,
-        image_size: int = 128,
-        mask_size: int = 128,
-        generator_seed: int = 0,
-        num_workers: int = 2,
-        center_x=POSE["center_x"],
-        yaw=POSE["yaw"],
-        **kwargs,
-    ):
-        pose = {"center_x": check_pose("center_x", center_x), "yaw": check_pose("yaw", yaw)}
-        raw = Path(raw_dir).expanduser()
-        if not (raw / ATTR_FILE).is_file():
-            with data_lock(raw):  # jobs preparing other resolutions share the raw folder
-                if not (raw / ATTR_FILE).is_file():
-                    write_synthfaces(
-                        raw, num_faces, generator_seed, image_size, mask_size, num_workers, **pose
-                    )
-        want = generation_params(num_faces, generator_seed, image_size, mask_size, **pose)
-        record = raw / GENERATED
-        default = {k: list(v) for k, v in POSE.items()}  # a folder from before the record
-        got = json.loads(record.read_text()) if record.is_file() else default
-        for key in ("center_x", "yaw", "seed", "image_size", "mask_size"):
-            if key in got and got[key] != want[key]:
-                option = "generator_seed" if key == "seed" else key
-                raise BadInputError(
-                    f"{record}: the folder was generated with {key}={got[key]}, but "
-                    f"data.source.{option}={want[key]}; use another data.raw_dir (and data.root) "
-                    "or delete the folder to generate it anew"
-                )
-        super().__init__(str(raw), mask_size=mask_size, **kwargs)
-        if len(self) != num_faces:
-            raise BadInputError(
-                f"{raw}: holds {len(self)} SynthFaces but data.source.num_faces={num_faces}; delete the "
-                "folder to generate it anew"
-            )

@@ -13,19 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from facediff.data.labels import flip_lut, select_attributes
+from facediff.data.labels import select_attributes
+from facediff.data.latents import open_latents
 from facediff.data.prepared import BadInputError, PreparedDataset, data_lock, prepare
+from facediff.data.transforms import hflip, hflip_crop, to_float
 
 log = logging.getLogger(__name__)
-_FLIP_LUT = torch.from_numpy(flip_lut())
-
-
-def hflip(image: torch.Tensor, mask: torch.Tensor | None):
-    """Mirror an image (..., H, W) and its label map, swapping the left/right classes."""
-    image = image.flip(-1)
-    if mask is not None:
-        mask = _FLIP_LUT.to(mask.device)[mask.flip(-1)]
-    return image, mask
 
 
 class FaceDataset(Dataset):
@@ -48,12 +41,12 @@ class FaceDataset(Dataset):
         pos, flip = key if isinstance(key, tuple) else (key, False)
         i = int(self.indices[pos])
         arr = self.data.arrays
-        image = torch.from_numpy(np.array(arr["images"][i])).permute(2, 0, 1).float() / 127.5 - 1
+        image = to_float(torch.from_numpy(np.array(arr["images"][i])).permute(2, 0, 1))
         mask = torch.from_numpy(np.array(arr["masks"][i])).long() if "masks" in arr else None
         crop = arr["crop"][i].astype(np.float32)
         if flip:
             image, mask = hflip(image, mask)
-            crop = np.array([1 - crop[2], crop[1], 1 - crop[0], crop[3]], np.float32)
+            crop = hflip_crop(crop)
         h, w = arr["source_hw"][i]
         control = np.concatenate([[float(flip)], crop, [h / 1024.0, w / 1024.0]])
         item = {
@@ -114,6 +107,8 @@ class EpochSampler(Sampler):
 
 
 SOURCE_RUN_OPTIONS = frozenset({"num_workers"})  # how a source runs, not what it gives
+# source classes that moved: a folder prepared from the old name holds the same data
+MOVED_SOURCES = {"facediff.data.celebamask.SynthFaces": "facediff.data.synthfaces.SynthFaces"}
 
 
 def source_origin(source, raw_dir) -> dict:
@@ -217,6 +212,8 @@ class FaceDataModule(L.LightningDataModule):
         except (json.JSONDecodeError, OSError):
             return  # PreparedDataset names a damaged meta.json when it opens it
         now = self.origin()
+        if isinstance(then, dict) and then.get("source") in MOVED_SOURCES:
+            then = then | {"source": MOVED_SOURCES[then["source"]]}
         if then is None or now is None or then == now:
             return
 
@@ -293,8 +290,6 @@ class FaceDataModule(L.LightningDataModule):
 
     def use_latents(self, folder) -> None:
         """Serve `batch["latent"]` from a cache written by `facediff.data.latents`."""
-        from facediff.data.latents import open_latents
-
         self.setup()
         latents = open_latents(folder)
         if len(latents) != self.data.meta["num_items"]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from facediff.data.prepared import BadInputError, data_lock
+from facediff.data.transforms import hflip, to_float
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ def _check(folder: Path, meta: dict, expected: dict) -> np.ndarray:
 @torch.no_grad()
 def cache_latents(datamodule, autoencoder, batch_size: int = 64) -> Path:
     """The cache folder for this data set and autoencoder, encoding it first if absent."""
-    from facediff.data.datamodule import hflip
 
     datamodule.setup()
     data = datamodule.data
@@ -96,7 +96,7 @@ def cache_latents(datamodule, autoencoder, batch_size: int = 64) -> Path:
         images = data.arrays["images"]
         for s in range(0, n, batch_size):
             x = torch.from_numpy(np.array(images[s : s + batch_size])).permute(0, 3, 1, 2)
-            x = (x.float() / 127.5 - 1).to(device)
+            x = to_float(x).to(device)
             out[s : s + len(x), 0] = autoencoder.encode(x).float().cpu().numpy()
             out[s : s + len(x), 1] = autoencoder.encode(hflip(x, None)[0]).float().cpu().numpy()
         out.flush()

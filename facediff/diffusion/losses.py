@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facediff.data.labels import MASK_CLASSES
-from facediff.models.conditioning import info_nce
 
 # the MCLD-style region term's classes by default: the small regions a face is judged by
 REGION_CLASSES = ("l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
@@ -171,3 +172,27 @@ class DiffusionLoss(nn.Module):
             loss = loss + self.infonce_weight * terms["infonce"]
         terms["loss"] = loss
         return terms
+
+
+def info_nce(
+    embeddings: Tensor, attrs: Tensor, tau: float = 0.07, threshold: float = 0.8
+) -> Tensor:
+    """InfoNCE over attribute embeddings (Sec. 2 of METHODS.md), done right.
+
+    Positives of anchor i: the other samples j != i whose attribute vectors have cosine
+    similarity > `threshold`. loss_i = -log(sum_pos exp(s_ij) / sum_{j != i} exp(s_ij)),
+    s_ij = cos(e_i, e_j) / tau; the diagonal is excluded and anchors with no positive are
+    skipped. Returns the mean over anchors that have positives (0 if none has).
+    """
+    e = F.normalize(embeddings.flatten(1).float(), dim=-1)
+    a = F.normalize(attrs.float(), dim=-1)
+    s = e @ e.T / tau
+    eye = torch.eye(len(e), dtype=torch.bool, device=e.device)
+    pos = ((a @ a.T) > threshold) & ~eye
+    s = s.masked_fill(eye, -math.inf)
+    log_denominator = torch.logsumexp(s, dim=1)
+    log_numerator = torch.logsumexp(s.masked_fill(~pos, -math.inf), dim=1)
+    has_pos = pos.any(1)
+    if not has_pos.any():
+        return s.new_zeros(())
+    return (log_denominator - log_numerator)[has_pos].mean()

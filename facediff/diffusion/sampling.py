@@ -19,7 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from facediff.models.conditioning import Condition
+from facediff.diffusion.objectives import is_flow_config
+from facediff.models.denoiser import Condition
 
 
 def guidance_levels(names: list[str], scales: dict[str, float] | float):
@@ -79,16 +80,6 @@ def check_sampling_options(num_steps=None, eta=None, guidance_scale=None) -> Non
                 _number(scale, f"guidance_scale[{name!r}]")
         else:
             _number(guidance_scale, "guidance_scale")
-
-
-def is_flow_config(train_config) -> bool:
-    """Whether a scheduler's config is rectified flow's (diffusers' FlowMatch* schedulers: a
-    `shift`, no beta schedule; or a multistep solver set to flow sigmas, as an exported flow
-    pipeline's DPM-Solver++ is) rather than a diffusion's."""
-    return bool(
-        ("shift" in train_config and "beta_schedule" not in train_config)
-        or train_config.get("use_flow_sigmas")
-    )
 
 
 class Sampler:
@@ -197,13 +188,16 @@ class Sampler:
         progress: bool = False,
         shared_noise: bool = False,
         step_callback: Callable | None = None,
+        flow: bool | None = None,
     ) -> Tensor:
         """Draw latents of `shape` (B, C, h, w) for the conditions in `batch`; conditions named
         True in `drop` are replaced by their null embedding at every guidance level.
         `shared_noise`: every sample starts from the same noise (editing); `step_callback(i,
-        t, zt) -> zt` sees (and may replace) the latent after each step."""
+        t, zt) -> zt` sees (and may replace) the latent after each step. `flow`: whether the
+        model is a flow (its objective says; None: read from `train_config`, as an exported
+        pipeline's scheduler config tells it)."""
         check_sampling_options(num_steps, eta, guidance_scale)
-        flow = is_flow_config(train_config)
+        flow = is_flow_config(train_config) if flow is None else flow
         self.check_model(flow)
         eta = self.eta if eta is None else eta
         self._check_eta(eta)

@@ -16,6 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from facediff.data.labels import NUM_MASK_CLASSES
+from facediff.data.transforms import to_uint8
 
 # torchvision's ImageNet weights the LPIPS backbones load (torch hub cache file names)
 LPIPS_BACKBONES = {
@@ -46,11 +47,6 @@ def attribute_scores(pred: Tensor, target: Tensor, known: Tensor, names: list[st
         "attr_acc": float(per[has].mean()) if has.any() else float("nan"),
         "attr_acc_per_attribute": per_attr,
     }
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] floats -> uint8 (the input torchmetrics' FID/KID/IS take)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def _batches(x: Tensor, size: int):

@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from facediff.data.batch import condition_batch, repeat_batch, to_device
+from facediff.data.transforms import to_float, to_uint8
 from facediff.diffusion.solvers import sampler_option
 from facediff.evaluation.evaluator_cache import evaluators
 from facediff.evaluation.extractors import DomainFeatures, inception
@@ -31,7 +32,6 @@ from facediff.evaluation.metrics import (
     inception_score,
     lpips_diversity,
     mask_scores,
-    to_uint8,
 )
 from facediff.evaluation.tables import OWN, REAL, SHUFFLED, log_table_to_loggers, write_report
 
@@ -66,10 +66,6 @@ def score(images: torch.Tensor, cond: dict, parser, classifier, names) -> dict:
 def roll(cond: dict) -> dict:
     """Every sample paired with the next sample's condition."""
     return {k: v.roll(1, 0) for k, v in cond.items()}
-
-
-def _float(images_u8: torch.Tensor) -> torch.Tensor:
-    return images_u8.float() / 127.5 - 1
 
 
 @torch.no_grad()
@@ -143,7 +139,7 @@ def flip_check(model, datamodule, parser, classifier, p) -> dict:
     for flag in (0, 1):
         c = dict(cond, control=cond["control"].clone())
         c["control"][:, 0] = flag
-        images = _float(protocol_images(model, c, p, f"sampling with the flip flag {flag}"))
+        images = to_float(protocol_images(model, c, p, f"sampling with the flip flag {flag}"))
         label, pred = read_images(images, parser, classifier, names)
         labels.append(label)
         preds.append(pred)
@@ -192,7 +188,7 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
         )
     first = cond["sample"] == 0
     main = {k: v[first] for k, v in cond.items()}
-    fake = _float(images[first])
+    fake = to_float(images[first])
     ref = reference_items(datamodule, meta["split"], main["index"])
     real = ref["image"]
     own = score(fake, main, parser, classifier, names)
@@ -213,9 +209,9 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
     groups = _groups(images, cond)
     if groups is not None:
         if p["diversity"] == "lpips":
-            own["diversity"] = lpips_diversity(_float(groups), p["lpips_net"], device)
+            own["diversity"] = lpips_diversity(to_float(groups), p["lpips_net"], device)
         else:
-            own["diversity"] = feature_diversity(_float(groups), classifier)
+            own["diversity"] = feature_diversity(to_float(groups), classifier)
     if groups is None:
         diversity_name = "not computed (one sample per condition)"
     else:

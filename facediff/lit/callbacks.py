@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from facediff.checkpoint import atomic_save, load, write_run_record
 from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.provenance import record
-from facediff.visualize import colorize, grid, save_png, to_uint8
+from facediff.visualize import colorize, grid, save_png, to_numpy_images
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class SampleGrid(L.Callback):
         with pl_module.ema_weights():
             batch = to_device(repeat_batch(cond, k), pl_module.device)
             kwargs = {"num_steps": self.num_steps} if self.num_steps else {}
-            images = to_uint8(pl_module.generate(batch, seed=self.seed, **kwargs))
-        real = to_uint8(cond["image"])
+            images = to_numpy_images(pl_module.generate(batch, seed=self.seed, **kwargs))
+        real = to_numpy_images(cond["image"])
         rows = []
         for i in range(len(real)):
             row = [real[i]] + ([colorize(cond["mask"][i])] if "mask" in cond else [])

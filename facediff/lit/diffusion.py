@@ -9,13 +9,14 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
 from facediff.checkpoint import leave_out_frozen, restore_frozen
-from facediff.diffusion.losses import DiffusionLoss, snr_from_alphas, snr_from_flow_t
+from facediff.diffusion.losses import DiffusionLoss
+from facediff.diffusion.objectives import Objective, objective_for
 from facediff.diffusion.sampling import Sampler, guidance_levels
 from facediff.lit.ddp import agree
 from facediff.models.autoencoders import Autoencoder, PixelSpace
@@ -38,11 +39,11 @@ class LatentDiffusion(L.LightningModule):
         denoiser: `denoiser(zt, t, cond) -> prediction` (facediff.models.unet.UNet).
         conditioner: facediff.models.conditioning.Conditioner.
         loss: facediff.diffusion.losses.DiffusionLoss.
-        noise_scheduler: a diffusers DDPMScheduler (T, betas, prediction type: epsilon,
-            v_prediction or sample), or a FlowMatchEulerDiscreteScheduler for rectified flow
-            (x_t = (1 - t) x0 + t eps, the model predicts the velocity eps - x0 and sees t * T).
-        flow_t: how rectified flow draws t: "logit_normal" (t = sigmoid(n), n ~ N(flow_t_mean,
-            flow_t_std^2), Esser et al. 2024) or "uniform".
+        noise_scheduler: the training noise schedule, a diffusers DDPMScheduler (T, betas,
+            prediction type) or a FlowMatchEulerDiscreteScheduler; samplers are built from it.
+        objective: what the model learns (`facediff.diffusion.objectives`: Epsilon,
+            VPrediction, Sample, Flow), bound to `noise_scheduler`; None: the one the schedule
+            implies (a pretrained pipeline's).
         sampler: facediff.diffusion.sampling.Sampler for validation grids and sampling.
         optimizer: partial optimizer (Hydra `_partial_: true`), finished here.
         lr_warmup_steps: linear warm-up of the learning rate.
@@ -54,6 +55,8 @@ class LatentDiffusion(L.LightningModule):
             travels in checkpoints, so a resumed run draws the same numbers).
         pretrained: the pretrained pipeline folder the parts were loaded from (experiment=
             lora_sd2), recorded with the model; the parts read it themselves.
+        flow_t, flow_t_mean, flow_t_std: read from checkpoints written before the objective
+            was an object (without `objective`); now `Flow(t_sampling, t_mean, t_std)`.
     """
 
     def __init__(
@@ -71,10 +74,11 @@ class LatentDiffusion(L.LightningModule):
         ema_power: float = 2 / 3,
         max_bad_steps: int = 20,
         seed: int = 0,
+        objective: Objective | None = None,
+        pretrained: str | None = None,
         flow_t: str = "logit_normal",
         flow_t_mean: float = 0.0,
         flow_t_std: float = 1.0,
-        pretrained: str | None = None,
     ):
         super().__init__()
         self.pretrained = pretrained
@@ -83,14 +87,11 @@ class LatentDiffusion(L.LightningModule):
         self.loss, self.noise_scheduler, self.sampler = loss, noise_scheduler, sampler
         self.optimizer_factory, self.lr_warmup_steps = optimizer, lr_warmup_steps
         self.image_size, self.max_bad_steps, self.seed = image_size, max_bad_steps, seed
-        self.flow = isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler)
-        self.flow_t, self.flow_t_mean, self.flow_t_std = flow_t, flow_t_mean, flow_t_std
+        if objective is None:
+            objective = objective_for(noise_scheduler, flow_t, flow_t_mean, flow_t_std)
+        self.objective = objective.bind(noise_scheduler)
         self.check_options(ema_decay, ema_power)
         self.check_wiring()
-        self.prediction_type = "flow" if self.flow else noise_scheduler.config.prediction_type
-        if not self.flow:
-            alphas = noise_scheduler.alphas_cumprod.float()
-            self.register_buffer("snr", snr_from_alphas(alphas), persistent=False)
         self.ema = EMAModel(
             self.trainable_parameters(), decay=ema_decay, use_ema_warmup=True, power=ema_power
         )
@@ -126,15 +127,6 @@ class LatentDiffusion(L.LightningModule):
             bad("optimizer.lr", kw["lr"], "a finite number > 0")
         if "weight_decay" in kw and not (number(kw["weight_decay"]) and kw["weight_decay"] >= 0):
             bad("optimizer.weight_decay", kw["weight_decay"], "a finite number >= 0")
-        if self.flow_t not in ("logit_normal", "uniform"):
-            bad("flow_t", self.flow_t, "'logit_normal' or 'uniform'")
-        if not (number(self.flow_t_mean) and number(self.flow_t_std) and self.flow_t_std > 0):
-            bad("flow_t_std", self.flow_t_std, "a finite number > 0 (and a finite flow_t_mean)")
-        if not self.flow:
-            valid = ("epsilon", "v_prediction", "sample")
-            pt = self.noise_scheduler.config.prediction_type
-            if pt not in valid:
-                bad("noise_scheduler.prediction_type", pt, f"one of {list(valid)}")
 
     def check_wiring(self) -> None:
         """Fail before training when the parts do not fit together, naming the options."""
@@ -181,7 +173,11 @@ class LatentDiffusion(L.LightningModule):
     def check_sampler(self, sampler: Sampler) -> None:
         """A flow model samples with a solver that integrates a flow, a diffusion model with a
         diffusion solver (`Sampler.check_model`)."""
-        sampler.check_model(self.flow)
+        sampler.check_model(self.objective.is_flow)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.objective.prediction_type
 
     @property
     def requires(self) -> set[str]:
@@ -208,36 +204,17 @@ class LatentDiffusion(L.LightningModule):
     def diffusion_loss(self, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
         """One noisy prediction per sample; returns the loss terms (per sample)."""
         z0 = self.encode(batch)  # 1. first stage, (B, C, h, w)
-        b, dev = z0.shape[0], z0.device
-        T = self.noise_scheduler.config.num_train_timesteps
-        if self.flow:  # 2.-3. rectified flow: t in (0, 1), a straight path, the velocity
-            s = self.sample_flow_t(b, generator).to(dev)
-            eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
-            st = s.view(-1, 1, 1, 1).to(z0.dtype)
-            zt, t, target, snr = (1 - st) * z0 + st * eps, s * T, eps - z0, snr_from_flow_t(s)
-        else:  # 2. timesteps and noise, 3. the forward process
-            t = torch.randint(0, T, (b,), generator=generator).to(dev)
-            eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
-            zt = self.noise_scheduler.add_noise(z0, eps, t)
-            if self.prediction_type == "v_prediction":
-                target = self.noise_scheduler.get_velocity(z0, eps, t)
-            else:
-                target = z0 if self.prediction_type == "sample" else eps
-            snr = self.snr[t]
+        b, dev, obj = z0.shape[0], z0.device, self.objective
+        t = obj.sample_t(b, generator).to(dev)  # 2. times and noise (the module's generator)
+        eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
+        zt, target, snr = obj.noise(z0, eps, t), obj.target(z0, eps, t), obj.snr(t)  # 3. path
         drop = self.conditioner.sample_drop(b, generator, dev) if self.training else None
         cond = self.conditioner(batch, drop=drop, spatial_size=z0.shape[-2:])  # 4. condition
-        pred = self.denoiser(zt, t, cond)  # 5. predict
+        pred = self.denoiser(zt, obj.model_time(t), cond)  # 5. predict
         extras = None
         if self.loss.infonce_weight:
             extras = {"attr_embeddings": self.conditioner.encoders["attrs"].encode(batch, None)}
         return self.loss(pred, target, snr, batch, self.prediction_type, extras)  # 6.
-
-    def sample_flow_t(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """t in (0, 1) for rectified flow: logit-normal or uniform (`flow_t`)."""
-        if self.flow_t == "uniform":
-            return torch.rand(batch_size, generator=generator)
-        n = torch.randn(batch_size, generator=generator) * self.flow_t_std + self.flow_t_mean
-        return torch.sigmoid(n)
 
     def training_step(self, batch: dict, batch_idx: int):
         terms = self.diffusion_loss(batch, self.generator)
@@ -365,6 +342,7 @@ class LatentDiffusion(L.LightningModule):
             generator=g,
             drop=drop,
             pixel_space=pixel_space,
+            flow=self.objective.is_flow,
             **sampler_kwargs,
         )
         return self.autoencoder.decode(z0.to(self.dtype)).float().clamp(-1, 1)

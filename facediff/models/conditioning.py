@@ -12,41 +12,13 @@ embedding and a dropout rate for classifier-free guidance:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel, SegformerConfig, SegformerModel
 
 from facediff.data.labels import NUM_MASK_CLASSES
-
-KINDS = ("tokens", "spatial", "vector")
-
-
-@dataclass
-class Condition:
-    tokens: Tensor  # (B, L, D)
-    token_mask: Tensor  # (B, L) bool
-    vector: Tensor | None = None  # (B, Dv)
-    spatial: Tensor | None = None  # (B, Cs, h, w)
-    token_groups: dict[str, tuple[int, int]] | None = None  # condition -> its token range
-
-    @staticmethod
-    def cat(conds: list[Condition]) -> Condition:
-        """Stack conditions along the batch axis (CFG runs them in one forward pass)."""
-
-        def cat(xs):
-            return None if xs[0] is None else torch.cat(xs)
-
-        return Condition(
-            *(
-                cat([getattr(c, f) for c in conds])
-                for f in ("tokens", "token_mask", "vector", "spatial")
-            ),
-            token_groups=conds[0].token_groups,
-        )
+from facediff.models.denoiser import KINDS, Condition
 
 
 class ConditionEncoder(nn.Module):
@@ -282,26 +254,6 @@ class MaskConcatEncoder(ConditionEncoder):
         return self.null_map.expand(batch_size, -1, *spatial_size)
 
 
-VECTOR_SCHEDULES = ("constant", "cosine")
-
-
-def vector_schedule(t: Tensor, kind: str = "constant", num_train_timesteps: int = 1000) -> Tensor:
-    """The weight (B,) of the vector (control) condition at timestep t (0 .. T, flow's t * T
-    too): "constant" 1; "cosine" (1 - cos(pi t / T)) / 2, phased in over the noise level from
-    0 on clean inputs to 1 on pure noise, where the global layout (crop, flip) is decided
-    (arXiv 2411.03177)."""
-    if check_vector_schedule(kind) == "constant":
-        return torch.ones_like(t, dtype=torch.float32)
-    x = (t.float() / num_train_timesteps).clamp(0, 1)
-    return (1 - torch.cos(math.pi * x)) / 2
-
-
-def check_vector_schedule(kind: str) -> str:
-    if kind not in VECTOR_SCHEDULES:
-        raise ValueError(f"denoiser.vector_schedule={kind!r}: expected one of {VECTOR_SCHEDULES}")
-    return kind
-
-
 class ControlEncoder(ConditionEncoder):
     """Control metadata (flip, crop box, source size) -> a vector added to the time embedding,
     apart from the semantic conditions (arXiv 2411.03177), with its own dropout and guidance
@@ -399,27 +351,3 @@ class Conditioner(nn.Module):
             spatial=torch.cat(out["spatial"], 1) if out["spatial"] else None,
             token_groups=groups,
         )
-
-
-def info_nce(
-    embeddings: Tensor, attrs: Tensor, tau: float = 0.07, threshold: float = 0.8
-) -> Tensor:
-    """InfoNCE over attribute embeddings (Sec. 2 of METHODS.md), done right.
-
-    Positives of anchor i: the other samples j != i whose attribute vectors have cosine
-    similarity > `threshold`. loss_i = -log(sum_pos exp(s_ij) / sum_{j != i} exp(s_ij)),
-    s_ij = cos(e_i, e_j) / tau; the diagonal is excluded and anchors with no positive are
-    skipped. Returns the mean over anchors that have positives (0 if none has).
-    """
-    e = F.normalize(embeddings.flatten(1).float(), dim=-1)
-    a = F.normalize(attrs.float(), dim=-1)
-    s = e @ e.T / tau
-    eye = torch.eye(len(e), dtype=torch.bool, device=e.device)
-    pos = ((a @ a.T) > threshold) & ~eye
-    s = s.masked_fill(eye, -math.inf)
-    log_denominator = torch.logsumexp(s, dim=1)
-    log_numerator = torch.logsumexp(s.masked_fill(~pos, -math.inf), dim=1)
-    has_pos = pos.any(1)
-    if not has_pos.any():
-        return s.new_zeros(())
-    return (log_denominator - log_numerator)[has_pos].mean()

@@ -27,8 +27,13 @@ from diffusers.models.embeddings import (
 from diffusers.models.normalization import AdaLayerNormZero
 from torch import Tensor, nn
 
-from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
-from facediff.models.denoiser import check_patch_size, denoiser_input
+from facediff.models.denoiser import (
+    Condition,
+    check_patch_size,
+    check_vector_schedule,
+    denoiser_input,
+    vector_schedule,
+)
 
 POSITIONS = ("sincos", "learned")
 

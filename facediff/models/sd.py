@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from facediff.models.conditioning import Condition, ConditionEncoder
+from facediff.models.conditioning import ConditionEncoder
+from facediff.models.denoiser import Condition
 from facediff.models.pretrained import from_pretrained
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -6,8 +6,13 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
-from facediff.models.conditioning import Condition, check_vector_schedule, vector_schedule
-from facediff.models.denoiser import check_patch_size, denoiser_input
+from facediff.models.denoiser import (
+    Condition,
+    check_patch_size,
+    check_vector_schedule,
+    denoiser_input,
+    vector_schedule,
+)
 from facediff.models.routing import route
 
 ATTENTION_PATTERNS = ("lowest", "middle", "all")

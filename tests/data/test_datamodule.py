@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from facediff.data.celebamask import CelebAMaskHQ
-from facediff.data.datamodule import EpochSampler, FaceDataModule, hflip
+from facediff.data.datamodule import EpochSampler, FaceDataModule
 from facediff.data.prepared import BadInputError, PreparedDataset, prepare
+from facediff.data.transforms import hflip
 from tests.data.fixtures import write_celebamask
 
 
@@ -79,3 +80,30 @@ def test_resolution_mismatch_and_missing_folder(prepared, tmp_path):
         FaceDataModule(str(prepared), 32).setup()
     with pytest.raises(BadInputError, match="no data.source"):
         FaceDataModule(str(tmp_path / "nothing"), 16).prepare_data()
+
+
+def test_a_folder_prepared_under_a_moved_source_name_is_reused(tmp_path):
+    """SynthFaces moved from facediff.data.celebamask to facediff.data.synthfaces: a folder
+    whose meta.json names the old class is the same data and is reused, not refused; another
+    source name still is."""
+    import json
+    from functools import partial
+
+    from facediff.data.synthfaces import SynthFaces
+
+    source = partial(SynthFaces, num_faces=12, image_size=32, mask_size=32, num_workers=1)
+
+    def dm():
+        return FaceDataModule(str(tmp_path / "p"), 16, source=source, raw_dir=str(tmp_path / "r"))
+
+    dm().prepare_data()
+    meta_path = tmp_path / "p" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["origin"]["source"] == "facediff.data.synthfaces.SynthFaces"
+    meta["origin"]["source"] = "facediff.data.celebamask.SynthFaces"
+    meta_path.write_text(json.dumps(meta))
+    dm().prepare_data()  # reused, no error
+    meta["origin"]["source"] = "facediff.data.celebamask.CelebAMaskHQ"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="prepared from 'facediff.data.celebamask.CelebAMaskHQ'"):
+        dm().prepare_data()

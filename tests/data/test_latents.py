@@ -28,7 +28,8 @@ def test_latent64_trains_on_cached_latents_without_the_encoder(make_cfg, tmp_pat
     assert lat.shape == (n, 2, 4, 4, 4) and meta["shape"] == list(lat.shape)
 
     # the cache is the encoder's output, plain and mirrored
-    from facediff.data.datamodule import FaceDataModule, hflip
+    from facediff.data.datamodule import FaceDataModule
+    from facediff.data.transforms import hflip
 
     ae = DiffusersAutoencoder(str(ae_dir))
     img = np.load(root / "images.npy", mmap_mode="r")[:3]

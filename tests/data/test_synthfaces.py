@@ -2,13 +2,9 @@ import numpy as np
 import torch
 
 from facediff.data.celebamask import merge_part_masks, read_attributes
+from facediff.data.face_renderer import RENDERED_ATTRIBUTES, render_face, sample_attributes
 from facediff.data.labels import CELEBA_ATTRIBUTES, MASK_CLASSES
-from facediff.data.synthfaces import (
-    RENDERED_ATTRIBUTES,
-    render_face,
-    sample_attributes,
-    write_synthfaces,
-)
+from facediff.data.synthfaces import write_synthfaces
 
 L = {n: i for i, n in enumerate(MASK_CLASSES)}
 
@@ -79,7 +75,7 @@ def test_attribute_priors_are_consistent():
 def test_a_one_sided_pose_gives_faces_a_handedness_and_the_default_is_unchanged():
     """center_x / yaw ranges: the default ranges give the very same faces as before the options
     existed (the draws are the same numbers), a one-sided range puts every face on one side."""
-    from facediff.data.synthfaces import POSE
+    from facediff.data.face_renderer import POSE
     from facediff.evaluation.flip import face_center_x, mirror
 
     rng = np.random.default_rng([0, 7])
@@ -101,8 +97,8 @@ def test_a_raw_folder_refuses_other_generation_options(tmp_path):
 
     import pytest
 
-    from facediff.data.celebamask import SynthFaces
     from facediff.data.prepared import BadInputError
+    from facediff.data.synthfaces import SynthFaces
 
     raw = tmp_path / "raw"
     kw = dict(num_faces=4, image_size=32, mask_size=32, num_workers=1)

@@ -177,7 +177,9 @@ def test_flow_training_draws_the_straight_path_and_the_velocity(make_cfg):
     mean((eps - z0)^2), where eps is read back from x_t = (1 - t) z0 + t eps."""
     from facediff.config import instantiate
 
-    cfg = make_cfg("objective=flow", "loss=plain", "conditioner=uncond", "model.flow_t=uniform")
+    cfg = make_cfg(
+        "objective=flow", "loss=plain", "conditioner=uncond", "model.objective.t_sampling=uniform"
+    )
     model = instantiate(cfg.model)
     seen = {}
 
@@ -193,8 +195,8 @@ def test_flow_training_draws_the_straight_path_and_the_velocity(make_cfg):
     eps = (seen["zt"] - (1 - s) * z0) / s
     torch.testing.assert_close(terms["loss"], ((eps - z0) ** 2).mean((1, 2, 3)), rtol=1e-4, atol=0)
     # logit-normal t: sigmoid of N(0, 1), median 0.5, mostly in the middle
-    model.flow_t = "logit_normal"
-    t = model.sample_flow_t(20_000, torch.Generator().manual_seed(1))
+    model.objective.t_sampling = "logit_normal"
+    t = model.objective.sample_t(20_000, torch.Generator().manual_seed(1))
     assert abs(t.median().item() - 0.5) < 0.01
     assert abs(torch.logit(t).std().item() - 1.0) < 0.02
 

@@ -3,6 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from facediff.data.transforms import to_uint8
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.metrics import (
     attribute_scores,
@@ -10,7 +11,6 @@ from facediff.evaluation.metrics import (
     feature_diversity,
     lpips_diversity,
     mask_scores,
-    to_uint8,
 )
 from facediff.lit.evaluators import AttributeClassifier
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from facediff.diffusion.losses import info_nce
 from facediff.models.conditioning import (
     AttributeEncoder,
     Conditioner,
@@ -10,7 +11,6 @@ from facediff.models.conditioning import (
     MaskConcatEncoder,
     MaskResNetEncoder,
     SegFormerMaskEncoder,
-    info_nce,
 )
 
 
@@ -125,7 +125,7 @@ def test_info_nce_matches_hand_computation():
 
 
 def test_cosine_vector_schedule_phases_control_in_over_the_noise_level():
-    from facediff.models.conditioning import vector_schedule
+    from facediff.models.denoiser import vector_schedule
 
     t = torch.tensor([0, 250, 500, 750, 1000])
     w = vector_schedule(t, "cosine")
@@ -137,7 +137,7 @@ def test_cosine_vector_schedule_phases_control_in_over_the_noise_level():
 
 @pytest.mark.parametrize("family", ["unet", "dit"])
 def test_scheduled_control_has_no_effect_on_clean_inputs_and_full_effect_on_noise(family):
-    from facediff.models.conditioning import Condition
+    from facediff.models.denoiser import Condition
     from facediff.models.dit import DiT
     from facediff.models.unet import UNet
 

@@ -8,7 +8,7 @@ import torch
 
 from facediff.api import FaceGenerator
 from facediff.cli.train import train
-from facediff.models.conditioning import Condition
+from facediff.models.denoiser import Condition
 from facediff.models.dit import DiT
 
 CONDITIONERS = sorted(  # but prompt: a pretrained text encoder's (tests/models/test_lora_sd2.py)

@@ -554,8 +554,8 @@ def prepared_then_reconfigured(t) -> None:
     """A prepared folder reused by a data module configured with other source options."""
     from functools import partial
 
-    from facediff.data.celebamask import SynthFaces
     from facediff.data.datamodule import FaceDataModule
+    from facediff.data.synthfaces import SynthFaces
 
     def dm(n):
         source = partial(SynthFaces, num_faces=n, image_size=32, mask_size=32, num_workers=1)
