@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facediff import checkpoint
+from facediff import checkpoint, editing
 from facediff.conditions import label_map, values_batch
 from facediff.config import UnsafeConfigError, instantiate_untrusted, register_resolvers
 from facediff.lit.diffusion import LatentDiffusion
 from facediff.precision import resolve_device
 from facediff.provenance import LOADED
+from facediff.visualize import to_numpy_images
 
 log = logging.getLogger(__name__)
 
@@ -148,35 +149,9 @@ class FaceGenerator:
             self.model.data_info.get("control_default"),
         )
 
-    @torch.no_grad()
-    def edit(
-        self,
-        mode: str,
-        attributes: dict | None = None,
-        mask=None,
-        mask_b=None,
-        parts=None,
-        toggle: list[str] | None = None,
-        region=None,
-        attributes_b: dict | None = None,
-        alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
-        seed: int = 0,
-        num_steps: int | None = None,
-        guidance_scale=None,
-        resize_mask: bool = False,
-    ) -> dict:
-        """Same-noise edits (facediff.editing); images are uint8 (N, H, W, 3).
-
-        mode="swap": `parts` of `mask_b` put into `mask` -> {"original", "swapped", "mask"}.
-        mode="attributes": each attribute of `toggle` (default: all) off and on from
-            `attributes`, inside the mask classes `region` only if given -> {"images"
-            (len(toggle), 2, H, W, 3): columns off / on, "attributes"}.
-        mode="interpolate": `attributes` -> `attributes_b` at `alphas` -> {"images", "alphas"}.
-        A deterministic solver (DDIM eta 0, the default) keeps the runs comparable.
-        """
-        from facediff import editing
-        from facediff.visualize import to_numpy_images
-
+    def _same_noise_run(self, mask, seed, num_steps, guidance_scale):
+        """generate(batch, **extra) with every sample from the same noise (editing), the
+        guidance scale given or the model's, the mask dropped where none is given."""
         kw = {"num_steps": num_steps, "seed": seed, "shared_noise": True}
         kw["guidance_scale"] = (
             self.model.sampler.guidance_scale if guidance_scale is None else guidance_scale
@@ -185,61 +160,101 @@ class FaceGenerator:
 
         def run(batch, **extra):
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            return self.model.generate(batch, drop=dropped, **kw, **extra)
+            return to_numpy_images(self.model.generate(batch, drop=dropped, **kw, **extra))
 
-        if mode == "swap":
-            if mask is None or mask_b is None or parts is None:
-                raise ValueError("edit(mode='swap'): give mask, mask_b and parts")
-            res = self.model.image_size
-            a = label_map(mask, res, resize_mask)
-            b = label_map(mask_b, res, resize_mask)
-            swapped = editing.swap_parts(a, b, parts)
-            batch = self.batch(attributes, a, 2, resize_mask)
-            batch["mask"][1] = swapped
-            images = to_numpy_images(run(batch))
-            return {"original": images[0], "swapped": images[1], "mask": swapped.numpy()}
-        if mode == "attributes":
-            names = list(toggle or self.attr_names)
-            unknown = [n for n in names if n not in self.attr_names]
-            if unknown:
-                raise ValueError(
-                    f"toggle: unknown attribute(s) {unknown}; the model knows {self.attr_names}"
-                )
-            batch = self.batch(attributes, mask, 2 * len(names), resize_mask)
-            for i, name in enumerate(names):
-                k = self.attr_names.index(name)
-                batch["attrs"][2 * i : 2 * i + 2, k] = torch.tensor([0.0, 1.0])
-                batch["attrs_known"][2 * i : 2 * i + 2, k] = True
-            extra = {}
-            if region is not None:
-                if mask is None:
-                    raise ValueError("edit(mode='attributes', region=...): a region needs a mask")
-                hook = editing.RecordAndBlend()
-                base = self.batch(attributes, mask, 1, resize_mask)
-                run(base, step_callback=hook.record)  # the unedited run, recorded
-                h = self.model.autoencoder.latent_size(self.model.image_size)
-                hook.region = editing.region_map(batch["mask"], region, (h, h))
-                hook.path = [z.expand(len(batch["attrs"]), -1, -1, -1) for z in hook.path]
-                extra["step_callback"] = hook.blend
-            images = to_numpy_images(run(batch, **extra))
-            return {
-                "images": images.reshape(len(names), 2, *images.shape[1:]),
-                "attributes": names,
-            }
-        if mode == "interpolate":
-            alphas = torch.as_tensor([float(x) for x in alphas])
-            if not len(alphas) or not ((alphas >= 0) & (alphas <= 1)).all():
-                raise ValueError(f"alphas={alphas.tolist()}: expected numbers in [0, 1]")
-            n = len(alphas)
-            batch_a = self.batch(attributes, mask, n, resize_mask)
-            batch_b = {
-                k: v.to(self.model.device)
-                for k, v in self.batch(attributes_b, mask, n, resize_mask).items()
-            }
-            mixed = editing.Interpolated(self.model.conditioner, batch_b, alphas)
-            images = to_numpy_images(run(batch_a, conditioner=mixed))
-            return {"images": images, "alphas": alphas.tolist()}
-        raise ValueError(f"mode={mode!r}: expected 'swap', 'attributes' or 'interpolate'")
+        return run
+
+    @torch.no_grad()
+    def swap(
+        self,
+        mask,
+        mask_b,
+        parts,
+        attributes: dict | None = None,
+        seed: int = 0,
+        num_steps: int | None = None,
+        guidance_scale=None,
+        resize_mask: bool = False,
+    ) -> dict:
+        """The mask classes `parts` of `mask_b` put into `mask`, sampled from the same noise as
+        `mask` itself (facediff.editing.swap_parts) -> {"original", "swapped": uint8 (H, W, 3),
+        "mask": the swapped label map}."""
+        run = self._same_noise_run(mask, seed, num_steps, guidance_scale)
+        res = self.model.image_size
+        a = label_map(mask, res, resize_mask)
+        swapped = editing.swap_parts(a, label_map(mask_b, res, resize_mask), parts)
+        batch = self.batch(attributes, a, 2, resize_mask)
+        batch["mask"][1] = swapped
+        images = run(batch)
+        return {"original": images[0], "swapped": images[1], "mask": swapped.numpy()}
+
+    @torch.no_grad()
+    def toggle(
+        self,
+        names: list[str] | None = None,
+        attributes: dict | None = None,
+        mask=None,
+        region=None,
+        seed: int = 0,
+        num_steps: int | None = None,
+        guidance_scale=None,
+        resize_mask: bool = False,
+    ) -> dict:
+        """Each attribute of `names` (default: all) off and on from `attributes`, from the same
+        noise; with `region` (mask classes), changed inside those classes only (the unedited
+        run recorded and blended back outside them at every step) -> {"images" uint8
+        (len(names), 2, H, W, 3): columns off / on, "attributes"}."""
+        names = list(names or self.attr_names)
+        unknown = [n for n in names if n not in self.attr_names]
+        if unknown:
+            raise ValueError(
+                f"toggle: unknown attribute(s) {unknown}; the model knows {self.attr_names}"
+            )
+        run = self._same_noise_run(mask, seed, num_steps, guidance_scale)
+        batch = self.batch(attributes, mask, 2 * len(names), resize_mask)
+        for i, name in enumerate(names):
+            k = self.attr_names.index(name)
+            batch["attrs"][2 * i : 2 * i + 2, k] = torch.tensor([0.0, 1.0])
+            batch["attrs_known"][2 * i : 2 * i + 2, k] = True
+        extra = {}
+        if region is not None:
+            if mask is None:
+                raise ValueError("toggle(region=...): a region needs a mask")
+            hook = editing.RecordAndBlend()
+            run(self.batch(attributes, mask, 1, resize_mask), step_callback=hook.record)
+            h = self.model.autoencoder.latent_size(self.model.image_size)
+            hook.region = editing.region_map(batch["mask"], region, (h, h))
+            hook.path = [z.expand(len(batch["attrs"]), -1, -1, -1) for z in hook.path]
+            extra["step_callback"] = hook.blend
+        images = run(batch, **extra)
+        return {"images": images.reshape(len(names), 2, *images.shape[1:]), "attributes": names}
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        attributes: dict | None,
+        attributes_b: dict | None,
+        alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
+        mask=None,
+        seed: int = 0,
+        num_steps: int | None = None,
+        guidance_scale=None,
+        resize_mask: bool = False,
+    ) -> dict:
+        """From `attributes` to `attributes_b` at `alphas` (their condition embeddings mixed,
+        facediff.editing.Interpolated), from the same noise -> {"images", "alphas"}."""
+        alphas = torch.as_tensor([float(x) for x in alphas])
+        if not len(alphas) or not ((alphas >= 0) & (alphas <= 1)).all():
+            raise ValueError(f"alphas={alphas.tolist()}: expected numbers in [0, 1]")
+        run = self._same_noise_run(mask, seed, num_steps, guidance_scale)
+        n = len(alphas)
+        batch_b = {
+            k: v.to(self.model.device)
+            for k, v in self.batch(attributes_b, mask, n, resize_mask).items()
+        }
+        mixed = editing.Interpolated(self.model.conditioner, batch_b, alphas)
+        images = run(self.batch(attributes, mask, n, resize_mask), conditioner=mixed)
+        return {"images": images, "alphas": alphas.tolist()}
 
     @torch.no_grad()
     def sample(
@@ -258,8 +273,6 @@ class FaceGenerator:
         """Generate faces; returns uint8 (N, H, W, 3). A condition not given is dropped (its
         null embedding), so e.g. attributes alone sample a mask-free face for them; `control`
         sets control metadata ({"flip": 1}) for a model trained with it."""
-        from facediff.visualize import to_numpy_images
-
         if batch is None:
             batch = self.batch(attributes, mask, num_samples, resize_mask, control)
             dropped = {"attrs": attributes is None, "mask": mask is None, "control": False}

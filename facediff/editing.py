@@ -7,7 +7,8 @@
   deterministic solver make the two runs agree outside the region up to the edit's spill);
 - `interpolate`: the condition embeddings of two attribute vectors mixed with weights alpha.
 
-`FaceGenerator.edit(mode, ...)` and `facediff-sample mode=swap|attributes|interpolate` call these.
+`FaceGenerator.swap`, `toggle` and `interpolate` (`facediff-sample mode=swap|attributes|interpolate`)
+call these.
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_evaluate_bad_inputs_name_the_culprit(tmp_path):
 
 
 def test_fast_solvers_sample_and_evaluate_a_ddim_checkpoint(make_cfg, tmp_path):
-    """solver= switches a checkpoint's sampler in facediff-sample and facediff-evaluate; the
+    """sampler= switches a checkpoint's sampler in facediff-sample and facediff-evaluate; the
     report names the solver."""
     from facediff.cli.evaluate import evaluate
     from facediff.cli.sample import sample
@@ -192,7 +192,7 @@ def test_fast_solvers_sample_and_evaluate_a_ddim_checkpoint(make_cfg, tmp_path):
         sample(
             compose(
                 "sample",
-                [f"ckpt_path={ckpt}", f"output_dir={out}", f"solver={name}", "num_steps=3"],
+                [f"ckpt_path={ckpt}", f"output_dir={out}", f"sampler={name}", "num_steps=3"],
             )
         )
         assert len(list((out / "samples").glob("*.png"))) == 4
@@ -203,7 +203,7 @@ def test_fast_solvers_sample_and_evaluate_a_ddim_checkpoint(make_cfg, tmp_path):
                 f"ckpt_path={ckpt}",
                 f"output_dir={tmp_path / 'eval'}",
                 # solvers by steps on one checkpoint, one call: a folder per variant
-                "evaluation.variants={dpm3:{solver:dpmpp_2m,num_steps:3},unipc2:{solver:unipc,num_steps:2}}",
+                "evaluation.variants={dpm3:{sampler:dpmpp_2m,num_steps:3},unipc2:{sampler:unipc,num_steps:2}}",
                 "evaluation.num_conditions=4",
                 "evaluation.diversity_conditions=0",
                 "evaluation.kid_subset_size=2",

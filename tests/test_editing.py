@@ -60,20 +60,18 @@ def test_edits_use_the_same_noise(generator):
     gen, _ = generator
     a, b = masks()
     attrs = {"Smiling": 1}
-    swap = gen.edit("swap", attributes=attrs, mask=a, mask_b=b, parts=["hair"], num_steps=3)
+    swap = gen.swap(a, b, ["hair"], attributes=attrs, num_steps=3)
     alone = gen.sample(attributes=attrs, mask=a, num_samples=1, num_steps=3)[0]
     assert close(swap["original"], alone) and not close(swap["swapped"], alone)
     assert (swap["mask"][:8, :4] == C["hair"]).all()
 
-    out = gen.edit("attributes", attributes=attrs, mask=a, toggle=["Smiling", "Male"], num_steps=3)
+    out = gen.toggle(["Smiling", "Male"], attributes=attrs, mask=a, num_steps=3)
     assert out["images"].shape == (2, 2, 16, 16, 3) and out["attributes"] == ["Smiling", "Male"]
     smiling_on = gen.sample(attributes={"Smiling": 1}, mask=a, num_samples=1, num_steps=3)[0]
     assert close(out["images"][0, 1], smiling_on)
 
     # a region edit changes nothing outside the region (pixel space: exactly)
-    region = gen.edit(
-        "attributes", attributes=attrs, mask=a, toggle=["Smiling"], region=["hair"], num_steps=3
-    )
+    region = gen.toggle(["Smiling"], attributes=attrs, mask=a, region=["hair"], num_steps=3)
     base = gen.sample(attributes=attrs, mask=a, num_samples=1, num_steps=3)[0]
     outside = (a != C["hair"]).numpy()
     for img in region["images"][0]:
@@ -81,15 +79,13 @@ def test_edits_use_the_same_noise(generator):
     inside = ~outside
     assert not np.array_equal(region["images"][0, 0][inside], region["images"][0, 1][inside])
 
-    inter = gen.edit(
-        "interpolate", attributes={"Male": 0}, attributes_b={"Male": 1}, alphas=[0, 1], num_steps=3
-    )
+    inter = gen.interpolate({"Male": 0}, {"Male": 1}, alphas=[0, 1], num_steps=3)
     ends = [gen.sample(attributes={"Male": v}, num_samples=1, num_steps=3)[0] for v in (0, 1)]
     assert close(inter["images"][0], ends[0]) and close(inter["images"][1], ends[1])
     with pytest.raises(ValueError, match=r"alphas=\[2.0\]: expected numbers in \[0, 1\]"):
-        gen.edit("interpolate", attributes={"Male": 0}, attributes_b={"Male": 1}, alphas=[2])
-    with pytest.raises(ValueError, match="mode='blend': expected 'swap', 'attributes'"):
-        gen.edit("blend")
+        gen.interpolate({"Male": 0}, {"Male": 1}, alphas=[2])
+    with pytest.raises(ValueError, match=r"toggle: unknown attribute\(s\) \['Blond'\]"):
+        gen.toggle(["Blond"])
 
 
 @pytest.mark.slow

@@ -131,7 +131,10 @@ def test_shipped_sources_are_the_pipeline_and_its_facediff_imports():
     assert {"facediff_pipeline.py", "facediff_unet.py", "facediff_dit.py"} <= set(files)
     assert {"facediff_sampling.py", "facediff_conditioning.py", "facediff_labels.py"} <= set(files)
     assert "facediff_training.py" not in files and "facediff_api.py" not in files
-    assert "from .facediff_conditioning import" in files["facediff_unet.py"]
+    assert "from .facediff_denoiser import" in files["facediff_unet.py"]  # imports made relative
+    assert {"facediff_denoiser.py", "facediff_objectives.py", "facediff_transforms.py"} <= set(
+        files
+    )
 
 
 def test_a_flow_model_exported_with_dpmpp_samples_on_the_flow(make_cfg):

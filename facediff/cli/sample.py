@@ -23,8 +23,8 @@ def sample(cfg: DictConfig) -> Path:
     gen = FaceGenerator.from_checkpoint(
         cfg.ckpt_path, cfg.device, cfg.use_ema, list(cfg.get("allow_targets") or [])
     )
-    if cfg.get("solver"):
-        gen.model.sampler = sampler_option(cfg.solver, like=gen.model.sampler)
+    if cfg.get("sampler"):  # sampler=<conf/sampler option>: composed into the config
+        gen.model.sampler = sampler_option(cfg.sampler, like=gen.model.sampler)
     out = Path(cfg.output_dir)
     k = cfg.num_samples
     gs = (
@@ -80,20 +80,21 @@ def edit(cfg: DictConfig, gen: FaceGenerator, mode: str, gs, out: Path) -> Path:
     def plain(x):
         return OmegaConf.to_container(x) if OmegaConf.is_config(x) else x
 
-    result = gen.edit(
-        mode,
-        attributes=plain(cfg.attributes),
-        mask=cfg.mask,
-        mask_b=cfg.get("mask_b"),
-        parts=plain(cfg.get("parts")),
-        toggle=plain(cfg.get("toggle")),
-        region=plain(cfg.get("region")),
-        attributes_b=plain(cfg.get("attributes_b")),
-        alphas=plain(cfg.get("alphas")),
-        seed=cfg.seed,
-        num_steps=cfg.num_steps,
-        guidance_scale=gs,
-    )
+    common = {"seed": cfg.seed, "num_steps": cfg.num_steps, "guidance_scale": gs}
+    attributes = plain(cfg.attributes)
+    if mode == "swap":
+        if cfg.mask is None or cfg.get("mask_b") is None or cfg.get("parts") is None:
+            raise ValueError("facediff-sample mode=swap: give mask=, mask_b= and parts=")
+        result = gen.swap(cfg.mask, cfg.mask_b, plain(cfg.parts), attributes, **common)
+    elif mode == "attributes":
+        names, region = plain(cfg.get("toggle")), plain(cfg.get("region"))
+        result = gen.toggle(names, attributes, cfg.mask, region, **common)
+    elif mode == "interpolate":
+        alphas = plain(cfg.get("alphas"))
+        kw = common | ({"alphas": alphas} if alphas is not None else {})
+        result = gen.interpolate(attributes, plain(cfg.get("attributes_b")), mask=cfg.mask, **kw)
+    else:
+        raise ValueError(f"mode={mode!r}: expected 'swap', 'attributes' or 'interpolate'")
     if mode == "swap":
         rows = [[result["original"], result["swapped"], colorize(torch.as_tensor(result["mask"]))]]
     elif mode == "attributes":

@@ -6,13 +6,17 @@ from facediff.config import compose, instantiate
 from facediff.diffusion.sampling import Sampler
 
 
-def sampler_option(name: str, like: Sampler | None = None) -> Sampler:
-    """The Sampler of conf/sampler/<name>.yaml, keeping `like`'s guidance scale (a trained
-    model's): how facediff-sample and facediff-evaluate switch solvers on a checkpoint."""
-    try:
-        cfg = compose("train", [f"sampler={name}"]).sampler
-    except Exception as e:  # noqa: BLE001 - Hydra's "Could not find 'sampler/...'"
-        raise ValueError(f"solver={name!r}: not an option of conf/sampler ({e})") from None
+def sampler_option(name, like: Sampler | None = None) -> Sampler:
+    """The Sampler of conf/sampler/<name>.yaml (or of its config, composed already), keeping
+    `like`'s guidance scale (a trained model's): how facediff-sample and facediff-evaluate
+    switch samplers on a checkpoint."""
+    if isinstance(name, str):
+        try:
+            cfg = compose("train", [f"sampler={name}"]).sampler
+        except Exception as e:  # noqa: BLE001 - Hydra's "Could not find 'sampler/...'"
+            raise ValueError(f"sampler={name!r}: not an option of conf/sampler ({e})") from None
+    else:
+        cfg = name
     sampler = instantiate(cfg)
     if like is not None:
         sampler.guidance_scale = like.guidance_scale

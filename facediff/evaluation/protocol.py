@@ -73,8 +73,8 @@ def sample_for_protocol(model, datamodule, p, out_dir) -> Path:
     """Generate the protocol's images for a model and write them as a generated folder: one
     sample for each of the first `num_conditions` items of `split` (the batch starting at row r
     with seed + r), then `samples_per_condition` samples for the first `diversity_conditions`."""
-    if p.get("solver"):  # another solver than the checkpoint's (conf/sampler/<name>)
-        model.sampler = sampler_option(p["solver"], like=model.sampler)
+    if p.get("sampler"):  # another solver than the checkpoint's (conf/sampler/<name>)
+        model.sampler = sampler_option(p["sampler"], like=model.sampler)
     cond = condition_batch(datamodule, p["split"], p["num_conditions"], model)
     n = len(cond["image"])
     cond = {k: v for k, v in cond.items() if k != "image"}
@@ -276,8 +276,8 @@ def check_protocol(p) -> tuple:
         )
     try:
         check_sampling_options(p["num_steps"], p["eta"], p["guidance_scale"])
-        if p.get("solver"):
-            sampler_option(p["solver"])
+        if p.get("sampler"):
+            sampler_option(p["sampler"])
     except ValueError as e:
         raise ValueError(f"evaluation.{e}") from None
     return inception(p["inception"])  # a missing or unreadable Inception file: its error now
@@ -311,7 +311,7 @@ def evaluate_model(
     parser, classifier = evaluators(
         datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
     )
-    own_sampler = model.sampler  # evaluation.solver switches it for this protocol only
+    own_sampler = model.sampler  # evaluation.sampler switches it for this protocol only
     try:
         gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
         report = score_generated(gen_dir, datamodule, parser, classifier, p, model.device)

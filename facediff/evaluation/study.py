@@ -3,7 +3,7 @@
 A multirun folder holds Hydra's `multirun.yaml` and one folder per job (`0/`, `1/`, ...), each
 with `.hydra/overrides.yaml` (the job's own overrides) and, when the job ran the evaluation
 protocol, `evaluation/metrics.json` (`facediff-train -m ... evaluate_after=true`) or
-`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.solver=...`: solvers by steps; a
+`metrics.json` (`facediff-evaluate -m ckpt_path=... evaluation.sampler=...`: solvers by steps; a
 checkpoint a facediff-train job wrote stands for that job's setting and seed, so several seeds'
 checkpoints make one row; one written before its run's max_steps is a row of its own,
 `stopped_at_step=<N>`);
@@ -30,6 +30,19 @@ from facediff.evaluation.tables import markdown_lines, study_table
 
 SEED_KEYS = ("seed",)
 VARIANTS = "evaluation.variants"
+RENAMED = {"solver": "sampler"}  # evaluation options renamed since: old jobs read as new ones
+
+
+def _renamed(options: dict) -> dict:
+    return {RENAMED.get(k, k): v for k, v in options.items()}
+
+
+def _renamed_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    for old, new in RENAMED.items():
+        if key.lstrip("+~") == f"evaluation.{old}":
+            key = key.replace(f"evaluation.{old}", f"evaluation.{new}")
+    return key + sep + value
 
 
 @dataclass
@@ -71,7 +84,8 @@ def read_jobs(folder) -> list[Job]:
             continue  # not a job folder Hydra wrote (e.g. a DDP rank's log only)
         hydra = _hydra(job)  # read once: the command it ran, where it ran
         overrides = _trained_setting(
-            [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []], hydra
+            [_renamed_override(str(o)) for o in yaml.safe_load(overrides_file.read_text()) or []],
+            hydra,
         )
         variants = _variants(job)
         if variants:  # evaluation.variants: one job evaluated several ways, a Job each
@@ -109,6 +123,8 @@ def read_metrics(path: Path) -> tuple[dict | None, str | None]:
         return None, f"{path}: unreadable ({type(e).__name__}: {e})"
     if not isinstance(metrics, dict) or not isinstance(metrics.get("rows"), dict):
         return None, f"{path}: not a facediff metrics.json (no 'rows' table)"
+    if isinstance(metrics.get("protocol"), dict):
+        metrics["protocol"] = _renamed(metrics["protocol"])
     return metrics, None
 
 
@@ -194,7 +210,8 @@ def _variants(job: Path) -> dict:
     if not config.is_file():
         return {}
     evaluation = (yaml.safe_load(config.read_text()) or {}).get("evaluation") or {}
-    return evaluation.get("variants") or {}
+    variants = evaluation.get("variants") or {}
+    return {name: _renamed(options or {}) for name, options in variants.items()}
 
 
 def override_value(value) -> str:
@@ -336,7 +353,7 @@ def report(folders, out_dir) -> dict:
                     "split",
                     "num_conditions",
                     "num_steps",
-                    "solver",
+                    "sampler",
                     "eta",
                     "guidance_scale",
                     "inception",

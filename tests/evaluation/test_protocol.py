@@ -169,7 +169,7 @@ def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path)
         "conditioner=attr",
         "evaluate_after=true",
         # a variant's solver is its own: d2 (no solver) samples with the checkpoint's DDIM
-        "evaluation.variants={d:{eta:0.0},s:{eta:1.0},dpm:{solver:dpmpp_2m},d2:{eta:0.0}}",
+        "evaluation.variants={d:{eta:0.0},s:{eta:1.0},dpm:{sampler:dpmpp_2m},d2:{eta:0.0}}",
         "evaluation.diversity_conditions=0",
         "evaluation.num_steps=3",
         *tiny_protocol(tmp_path),
@@ -196,8 +196,8 @@ def test_evaluation_variants_evaluate_one_model_several_ways(make_cfg, tmp_path)
 
 
 def test_a_bad_evaluation_variant_fails_before_training(make_cfg, tmp_path):
-    cfg = make_cfg("evaluate_after=true", "evaluation.variants={s:{solver:dpm3}}")
-    with pytest.raises(ValueError, match=r"evaluation\.variants\.s: evaluation\.solver='dpm3'"):
+    cfg = make_cfg("evaluate_after=true", "evaluation.variants={s:{sampler:dpm3}}")
+    with pytest.raises(ValueError, match=r"evaluation\.variants\.s: evaluation\.sampler='dpm3'"):
         train(cfg)
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
 

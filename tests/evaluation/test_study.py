@@ -16,7 +16,7 @@ import yaml
 from facediff.cli.report import run as report_main
 from facediff.evaluation.study import report
 
-PROTOCOL = {"split": "val", "num_conditions": 64, "num_steps": None, "solver": None, "seed": 0}
+PROTOCOL = {"split": "val", "num_conditions": 64, "num_steps": None, "sampler": None, "seed": 0}
 
 
 def job(
@@ -181,8 +181,12 @@ def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
     one checkpoint make one table, a row per solver and step count."""
     a = sweep_dir(tmp_path, "a")
     for i, (solver, steps) in enumerate([("ddim", 10), ("unipc", 10)]):
-        overrides = ["ckpt_path=/c.ckpt", f"evaluation.solver={solver}", "evaluation.num_steps=10"]
-        protocol = PROTOCOL | {"solver": solver, "num_steps": steps}
+        overrides = [
+            "ckpt_path=/c.ckpt",
+            f"evaluation.sampler={solver}",
+            "evaluation.num_steps=10",
+        ]
+        protocol = PROTOCOL | {"sampler": solver, "num_steps": steps}
         job(a, i, overrides, {"attr_acc": 0.8 + i / 100}, protocol, where="")
     out = report([a], tmp_path / "out")
     assert out["failed"] == [] and out["common"] == [
@@ -190,8 +194,23 @@ def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
         "evaluation.num_steps=10",
     ]
     assert [r[:2] for r in out["rows"]] == [
-        ["evaluation.solver=ddim", "1/1"],
-        ["evaluation.solver=unipc", "1/1"],
+        ["evaluation.sampler=ddim", "1/1"],
+        ["evaluation.sampler=unipc", "1/1"],
+    ]
+
+
+def test_jobs_from_before_evaluation_solver_was_renamed_sampler_join_the_new_rows(tmp_path):
+    """evaluation.solver is evaluation.sampler now: a job that recorded the old name (its
+    override, its protocol, its variants) is read as the new name, in the same row and under
+    the same protocol as a job of today."""
+    a = sweep_dir(tmp_path, "a")
+    old = {k: v for k, v in PROTOCOL.items() if k != "sampler"} | {"solver": "unipc"}
+    job(a, 0, ["ckpt_path=/c.ckpt", "evaluation.solver=unipc", "seed=0"], {"attr_acc": 0.8}, old)
+    new = PROTOCOL | {"sampler": "unipc"}
+    job(a, 1, ["ckpt_path=/c.ckpt", "evaluation.sampler=unipc", "seed=1"], {"attr_acc": 0.9}, new)
+    out = report([a], tmp_path / "out")
+    assert rows_with(out, "attribute acc.") == [
+        ("ckpt_path=/c.ckpt evaluation.sampler=unipc", "2/2", "85.0 ± 7.1")
     ]
 
 
@@ -294,13 +313,13 @@ def test_one_setting_whatever_the_order_of_its_overrides(tmp_path):
     """A variant's options come in its config's order, a sweep's in the command line's: the same
     options in another order are the same setting, one row named as first seen."""
     a = sweep_dir(tmp_path, "a")
-    job(a, 0, ["evaluation.solver=ddim", "evaluation.num_steps=10", "seed=0"], {"fid": 10.0})
-    job(a, 1, ["evaluation.num_steps=10", "evaluation.solver=ddim", "seed=1"], {"fid": 12.0})
-    job(a, 2, ["evaluation.num_steps=50", "evaluation.solver=unipc", "seed=0"], {"fid": 20.0})
+    job(a, 0, ["evaluation.sampler=ddim", "evaluation.num_steps=10", "seed=0"], {"fid": 10.0})
+    job(a, 1, ["evaluation.num_steps=10", "evaluation.sampler=ddim", "seed=1"], {"fid": 12.0})
+    job(a, 2, ["evaluation.num_steps=50", "evaluation.sampler=unipc", "seed=0"], {"fid": 20.0})
     out = report([a], tmp_path / "out")
     assert rows_with(out, "FID") == [
-        ("evaluation.solver=ddim evaluation.num_steps=10", "2/2", "11.00 ± 1.41"),
-        ("evaluation.num_steps=50 evaluation.solver=unipc", "1/1", "20.00"),
+        ("evaluation.sampler=ddim evaluation.num_steps=10", "2/2", "11.00 ± 1.41"),
+        ("evaluation.num_steps=50 evaluation.sampler=unipc", "1/1", "20.00"),
     ]
 
 
@@ -318,23 +337,25 @@ def test_a_study_and_its_solvers_by_steps_make_one_table(tmp_path):
         overrides = [
             f"ckpt_path={train / str(seed) / 'checkpoints' / 'last.ckpt'}",
             "evaluation.inception=fid_helper",
-            "evaluation.solver=unipc",
+            "evaluation.sampler=unipc",
         ]
         metrics = {"fid": 200.0 + seed}
-        job(ev, seed, overrides, metrics, protocol | {"solver": "unipc"}, where="")
+        job(ev, seed, overrides, metrics, protocol | {"sampler": "unipc"}, where="")
     # a third, still sampling its variant: listed where facediff-evaluate will write it
     job(ev, 2, [f"ckpt_path={train / '0' / 'checkpoints' / 'last.ckpt'}"], None)
     (ev / "2" / "evaluate.log").write_text("")
     (ev / "2" / ".hydra" / "config.yaml").write_text(
-        yaml.safe_dump({"evaluation": {"variants": {"u10": {"solver": "unipc", "num_steps": 10}}}})
+        yaml.safe_dump(
+            {"evaluation": {"variants": {"u10": {"sampler": "unipc", "num_steps": 10}}}}
+        )
     )
     out = report([train, ev], tmp_path / "out")
     assert out["failed"] == [str(ev / "2" / "u10")]
     assert "inception=fid_helper" in out["markdown"]  # one value: not "(by row)"
     assert rows_with(out, "FID") == [
         ("(common overrides only)", "2/2", "300.50 ± 0.71"),
-        ("evaluation.solver=unipc", "2/2", "200.50 ± 0.71"),
-        ("evaluation.num_steps=10 evaluation.solver=unipc", "0/1", "-"),
+        ("evaluation.sampler=unipc", "2/2", "200.50 ± 0.71"),
+        ("evaluation.num_steps=10 evaluation.sampler=unipc", "0/1", "-"),
     ]
     assert out["common"] == ["objective=eps"]
 

@@ -24,26 +24,28 @@ def test_the_study_config_is_table4s_settings_each_evaluated_d_and_s():
     # (CPU scale) flow Euler and the first-order SDE solver (DDIM eta 0 and 1 on its path)
     assert cfg.sampler.scheduler.path == "diffusers.FlowMatchEulerDiscreteScheduler"  # flow
     assert OmegaConf.to_container(cfg.evaluation.variants) == {
-        "d": {"solver": "flow_euler"},
-        "s": {"solver": "sde_dpmpp"},
+        "d": {"sampler": "flow_euler"},
+        "s": {"sampler": "sde_dpmpp"},
     }
     assert cfg.evaluation.num_steps == 25  # both solvers, not their configs' own step counts
     study = OmegaConf.load(Path(__file__).parents[2] / "conf" / "study" / "cviu_table4.yaml")
     grid = {k: str(v).split(",") for k, v in study.hydra.sweeper.params.items()}
-    assert grid == {"+cviu_setting": ["a", "m", "m_np", "mc", "mc_plain"], "seed": ["0", "1"]}
-    expected = {  # Table 4's conditionings with P2; Fig. 2's P2 against the plain loss on mc
-        "a": (["attrs"], "P2Weighting"),
-        "m": (["mask"], "P2Weighting"),
-        "m_np": (["mask"], "P2Weighting"),
-        "mc": (["attrs", "mask"], "P2Weighting"),
-        "mc_plain": (["attrs", "mask"], "NoWeighting"),
+    settings = ["attr", "mask_pooled", "mask_spatial", "multi", "multi_plain"]
+    assert grid == {"experiment": settings, "seed": ["0", "1"]}  # the experiments, swept
+    expected = {  # Table 4's conditionings with P2 (a, m, m_np, mc); Fig. 2's P2 against plain
+        "attr": (["attrs"], "P2Weighting"),
+        "mask_pooled": (["mask"], "P2Weighting"),
+        "mask_spatial": (["mask"], "P2Weighting"),
+        "multi": (["attrs", "mask"], "P2Weighting"),
+        "multi_plain": (["attrs", "mask"], "NoWeighting"),
     }
     for setting, (encoders, weighting) in expected.items():
-        cfg = compose("train", ["+study=cviu_table4", f"+cviu_setting={setting}"])
+        cfg = compose("train", ["+study=cviu_table4", f"experiment={setting}"])
+        assert cfg.task_name == "cviu_table4" and cfg.evaluate_after, setting  # the study's
         assert list(cfg.model.conditioner.encoders) == encoders, setting
         assert cfg.model.loss.weighting._target_.endswith(weighting), setting
         mask = cfg.model.conditioner.encoders.get("mask")
-        assert mask is None or mask.pooled == (setting == "m"), setting  # m pooled, m_np not
+        assert mask is None or mask.pooled == (setting == "mask_pooled"), setting
 
 
 @pytest.mark.slow
@@ -59,7 +61,7 @@ def test_study_then_report(data_dir, tmp_path):
     cmd = [
         sys.executable, "-m", "facediff.cli.train", "-m", "+study=cviu_table4",
         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}", *overrides, *protocol,
-        "+cviu_setting=a,mc", "seed=0,1",
+        "experiment=attr,multi", "seed=0,1",
     ]  # fmt: skip
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
@@ -67,14 +69,14 @@ def test_study_then_report(data_dir, tmp_path):
     assert len(list(sweep.glob("*/checkpoints/last.ckpt"))) == 4  # one training per setting x seed
     result = report_main([str(sweep)])
     rows = {r[0]: r for r in result["rows"]}
-    d, s = "evaluation.solver=flow_euler", "evaluation.solver=sde_dpmpp"
+    d, s = "evaluation.sampler=flow_euler", "evaluation.sampler=sde_dpmpp"
     assert list(rows) == [  # each evaluated d. and s.
-        f"+cviu_setting={setting} {solver}" for setting in ("a", "mc") for solver in (d, s)
+        f"experiment={setting} {solver}" for setting in ("attr", "multi") for solver in (d, s)
     ]
     assert all(r[1] == "2/2" for r in rows.values()) and not result["failed"]
     miou = result["header"].index("mIoU")
-    assert rows[f"+cviu_setting=a {d}"][miou] == "-"  # attributes only
-    assert "±" in rows[f"+cviu_setting=mc {s}"][miou]
+    assert rows[f"experiment=attr {d}"][miou] == "-"  # attributes only
+    assert "±" in rows[f"experiment=multi {s}"][miou]
 
 
 STUDIES = sorted(
@@ -100,8 +102,9 @@ def test_every_study_names_its_grid_and_every_setting_builds():
         "objectives_solvers",
     } <= set(STUDIES)
     for study in STUDIES:
-        text = (Path(__file__).parents[2] / "conf" / "study" / f"{study}.yaml").read_text()
-        assert "Paper scale" in text and "GPU-hours" in text, study
+        notes = (Path(__file__).parents[2] / "docs" / "configs.md").read_text()
+        section = notes.split(f"## `conf/study/{study}.yaml`")[1].split("\n## ")[0]
+        assert "Paper scale" in section and "GPU-hours" in section, study  # its longer notes
         cfg = compose("train", [f"+study={study}"])
         assert cfg.evaluate_after and cfg.task_name == study
         raw = OmegaConf.load(Path(__file__).parents[2] / "conf" / "study" / f"{study}.yaml")

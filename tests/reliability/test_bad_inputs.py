@@ -304,7 +304,7 @@ EVAL_CASES = {  # facediff-evaluate ckpt_path=<the trained run> evaluation....
     ),
     "eval steps 0": (["evaluation.num_steps=0"], r"evaluation\.num_steps=0: expected an integer"),
     "eval guidance nan": (["evaluation.guidance_scale=nan"], r"evaluation\.guidance_scale=nan"),
-    "eval sampler unknown": (["evaluation.solver=dpm3"], r"evaluation\.solver='dpm3': not an"),
+    "eval sampler unknown": (["evaluation.sampler=dpm3"], r"evaluation\.sampler='dpm3': not an"),
     "eval diversity unknown": (["evaluation.diversity=ssim"], r"evaluation\.diversity='ssim'"),
     "eval variant unknown option": (
         ["evaluation.variants={d:{etta:0.0}}"],
