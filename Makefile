@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo demo-long test test-full cluster lint format bench clean
+.PHONY: help install demo demo-long test test-full cluster lint format bench docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ cluster:  ## start a two-node SLURM cluster on this machine (root: installs slur
 bench: install  ## loader and training-step benchmarks (figures side by side)
 	$(VENV)/bin/facediff-bench experiment=demo
 
+docs: install  ## build the documentation site into site/ (warnings are errors)
+	$(VENV)/bin/mkdocs build --strict -d site
+
 lint: install  ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,4 +50,4 @@ format: install  ## ruff format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 clean:  ## remove outputs (keeps .venv and data/)
-	rm -rf outputs multirun wandb
+	rm -rf outputs multirun wandb site

@@ -22,6 +22,7 @@ from facediff.provenance import LOADED
 from facediff.visualize import to_numpy_images
 
 log = logging.getLogger(__name__)
+Mask = np.ndarray | torch.Tensor | str | Path  # a label map, or a PNG file of one
 
 
 def load_checkpoint(path) -> dict:
@@ -122,7 +123,7 @@ class FaceGenerator:
     def batch(
         self,
         attributes: dict[str, int] | None = None,
-        mask=None,
+        mask: Mask | None = None,
         num_samples: int = 1,
         resize_mask: bool = False,
         control: dict | None = None,

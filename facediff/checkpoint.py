@@ -194,7 +194,7 @@ def verify(path) -> None:
         ) from None
 
 
-def load(path, what: str = "a checkpoint") -> dict:
+def load(path: str | os.PathLike, what: str = "a checkpoint") -> dict:
     """The verified contents of a checkpoint file, loaded on the CPU without running code.
 
     Args:

@@ -29,7 +29,7 @@ def snr_from_flow_t(t: Tensor, eps: float = 1e-5) -> Tensor:
 
 def target_factor(snr: Tensor, prediction_type: str) -> Tensor:
     """c^2 with eps_hat - eps = c (pred - target): an eps-space weight w(t) becomes
-    w(t) c^2 on the model's own target (METHODS.md Sec. 1), so every weighting means the same
+    w(t) c^2 on the model's own target (docs/references.md: P2), so every weighting means the same
     whatever the model predicts. epsilon: 1; v: snr / (snr + 1); x0 ("sample"): snr;
     flow (velocity eps - x0): (1 - t)^2 = snr / (1 + sqrt(snr))^2."""
     if prediction_type == "epsilon":
@@ -101,13 +101,13 @@ class DiffusionLoss(nn.Module):
 
     Args:
         weighting: NoWeighting, P2Weighting or MinSNRWeighting.
-        region_weight: MCLD-style region term (METHODS.md Sec. 4): adds
+        region_weight: MCLD-style region term (docs/references.md: MCLD): adds
             region_weight * w(t) * mean(m * (pred - target)^2), m the `region_classes` of the mask
             at latent size (eyes, brows, lips and mouth by default); `region_classes` a list
             (weight 1 each) or {class: weight} (e.g. eyes and lips heavier than the nose); None:
             REGION_CLASSES. (null in conf/loss/p2.yaml, so that an experiment's {class: weight}
             or a command line's list replaces it instead of failing to merge with it.)
-        infonce_weight: InfoNCE on the attribute embeddings (METHODS.md Sec. 2), with `tau`
+        infonce_weight: InfoNCE on the attribute embeddings (docs/references.md: InfoNCE), with `tau`
             and positive `threshold`; needs `attr_embeddings` in `extras`.
     """
 
@@ -177,7 +177,7 @@ class DiffusionLoss(nn.Module):
 def info_nce(
     embeddings: Tensor, attrs: Tensor, tau: float = 0.07, threshold: float = 0.8
 ) -> Tensor:
-    """InfoNCE over attribute embeddings (Sec. 2 of METHODS.md), done right.
+    """InfoNCE over attribute embeddings (docs/references.md: InfoNCE), done right.
 
     Positives of anchor i: the other samples j != i whose attribute vectors have cosine
     similarity > `threshold`. loss_i = -log(sum_pos exp(s_ij) / sum_{j != i} exp(s_ij)),

@@ -145,7 +145,7 @@ class Sampler:
         # DDIM: with x0 clipped, re-derive eps from the clipped x0 (as GLIDE does). diffusers
         # keeps the unclipped eps by default, and the mismatch compounds with the number of
         # steps: on the demo model, 100 DDIM steps gave FID* 363 and mIoU 17.6 without it,
-        # 113 and 25.0 with it (README, "sampler steps").
+        # 113 and 25.0 with it (docs/demo.md, "Sampler steps").
         self._clipped_eps = "use_clipped_model_output" in step_params
         self._check_eta(eta)
 

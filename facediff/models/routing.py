@@ -1,4 +1,4 @@
-"""Stage routing of conditions (MCLD, METHODS.md Sec. 4): which conditions each UNet stage's
+"""Stage routing of conditions (MCLD: docs/references.md): which conditions each UNet stage's
 cross-attention sees, as diffusers attention processors on the UNet's `attn2` layers.
 
 `routing = {down: [attrs], mid: [attrs, mask], up: [mask]}` names, per stage (the down blocks,

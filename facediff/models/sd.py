@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of Stable Diffusion 2 on faces (seeds/000): the attributes written as a prompt.
+"""LoRA fine-tuning of Stable Diffusion 2 on faces (docs/references.md: LoRA on SD 2): the attributes written as a prompt.
 
 - `PromptEncoder`: attributes -> a prompt ("a photo of a face, smiling, no eyeglasses") -> the
   pipeline's frozen CLIP text encoder -> token embeddings (B, 77, D); its null condition is
