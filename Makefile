@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo demo-long test test-full cluster lint format bench docs clean
+.PHONY: help install demo demo-long test test-full cluster lint format bench docs notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ cluster:  ## start a two-node SLURM cluster on this machine (root: installs slur
 
 bench: install  ## loader and training-step benchmarks (figures side by side)
 	$(VENV)/bin/facediff-bench experiment=demo
+
+notebooks: install  ## run the notebooks on the newest `make demo` model, their outputs saved
+	cd notebooks && ../$(PY) build.py --execute
 
 docs: install  ## build the documentation site into site/ (warnings are errors)
 	$(VENV)/bin/mkdocs build --strict -d site

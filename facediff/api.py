@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from facediff import checkpoint, editing
-from facediff.conditions import label_map, values_batch
-from facediff.config import UnsafeConfigError, instantiate_untrusted, register_resolvers
+from facediff.conditions import label_map, same_as, values_batch
 from facediff.lit.diffusion import LatentDiffusion
+from facediff.lit.diffusion import model_from_checkpoint as build_model
 from facediff.precision import resolve_device
 from facediff.provenance import LOADED
 from facediff.visualize import to_numpy_images
@@ -62,32 +63,10 @@ def training_progress(ckpt: dict) -> tuple[int, int | None]:
 def model_from_checkpoint(
     ckpt: dict, use_ema: bool = True, path=None, allow_targets=()
 ) -> LatentDiffusion:
-    """Rebuild the LatentDiffusion of a checkpoint and load its (EMA) weights (`path`: the
-    file it was read from, for the messages).
-
-    The checkpoint's recorded `model` config is untrusted input like its tensors: only
-    facediff's model classes are built from it (`facediff.config.instantiate_untrusted`), and
-    any other `_target_` is refused naming the key; `allow_targets` adds classes of your own
-    that you trust."""
-    register_resolvers()
-    where = f"{path or 'checkpoint'}: facediff.config.model"
-    run = checkpoint.run_record(ckpt, path or "checkpoint")
-    spec = run.config.get("model")
-    target = spec.get("_target_") if isinstance(spec, dict) else None
-    if target != "facediff.lit.diffusion.LatentDiffusion":
-        raise UnsafeConfigError(
-            f"{where}._target_={target!r}: expected facediff.lit.diffusion.LatentDiffusion"
-        )
-    model: LatentDiffusion = instantiate_untrusted(spec, where, allow_targets)
-    try:  # first, as Lightning does: the frozen pretrained weights it left out, checked
-        model.on_load_checkpoint(ckpt)
-    except checkpoint.CheckpointError as e:
-        raise checkpoint.CheckpointError(f"{path or 'checkpoint'}: {e}") from None
-    model.load_state_dict(ckpt["state_dict"])
-    model.data_info, model.build_config = run.data, run.config
-    if use_ema:
-        model.ema.copy_to(model.trainable_parameters())
-    return model.eval()
+    """Rebuild the LatentDiffusion of a checkpoint and load its (EMA) weights
+    (`facediff.lit.diffusion.model_from_checkpoint`: only facediff's model classes are built
+    from its recorded config; `allow_targets` adds classes of your own that you trust)."""
+    return build_model(ckpt, use_ema, path, allow_targets)
 
 
 def datamodule_for(model: LatentDiffusion, verify_hash: bool = True):
@@ -173,14 +152,16 @@ class FaceGenerator:
         parts,
         attributes: dict | None = None,
         seed: int = 0,
-        num_steps: int | None = None,
+        num_inference_steps: int | None = None,
         guidance_scale=None,
         resize_mask: bool = False,
+        num_steps: int | None = None,
     ) -> dict:
         """The mask classes `parts` of `mask_b` put into `mask`, sampled from the same noise as
         `mask` itself (facediff.editing.swap_parts) -> {"original", "swapped": uint8 (H, W, 3),
         "mask": the swapped label map}."""
-        run = self._same_noise_run(mask, seed, num_steps, guidance_scale)
+        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
+        run = self._same_noise_run(mask, seed, steps, guidance_scale)
         res = self.model.image_size
         a = label_map(mask, res, resize_mask)
         swapped = editing.swap_parts(a, label_map(mask_b, res, resize_mask), parts)
@@ -197,9 +178,10 @@ class FaceGenerator:
         mask=None,
         region=None,
         seed: int = 0,
-        num_steps: int | None = None,
+        num_inference_steps: int | None = None,
         guidance_scale=None,
         resize_mask: bool = False,
+        num_steps: int | None = None,
     ) -> dict:
         """Each attribute of `names` (default: all) off and on from `attributes`, from the same
         noise; with `region` (mask classes), changed inside those classes only (the unedited
@@ -211,7 +193,8 @@ class FaceGenerator:
             raise ValueError(
                 f"toggle: unknown attribute(s) {unknown}; the model knows {self.attr_names}"
             )
-        run = self._same_noise_run(mask, seed, num_steps, guidance_scale)
+        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
+        run = self._same_noise_run(mask, seed, steps, guidance_scale)
         batch = self.batch(attributes, mask, 2 * len(names), resize_mask)
         for i, name in enumerate(names):
             k = self.attr_names.index(name)
@@ -238,16 +221,18 @@ class FaceGenerator:
         alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
         mask=None,
         seed: int = 0,
-        num_steps: int | None = None,
+        num_inference_steps: int | None = None,
         guidance_scale=None,
         resize_mask: bool = False,
+        num_steps: int | None = None,
     ) -> dict:
         """From `attributes` to `attributes_b` at `alphas` (their condition embeddings mixed,
         facediff.editing.Interpolated), from the same noise -> {"images", "alphas"}."""
         alphas = torch.as_tensor([float(x) for x in alphas])
         if not len(alphas) or not ((alphas >= 0) & (alphas <= 1)).all():
             raise ValueError(f"alphas={alphas.tolist()}: expected numbers in [0, 1]")
-        run = self._same_noise_run(mask, seed, num_steps, guidance_scale)
+        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
+        run = self._same_noise_run(mask, seed, steps, guidance_scale)
         n = len(alphas)
         batch_b = {
             k: v.to(self.model.device)
@@ -257,25 +242,46 @@ class FaceGenerator:
         images = run(self.batch(attributes, mask, n, resize_mask), conditioner=mixed)
         return {"images": images, "alphas": alphas.tolist()}
 
+    def to(self, device=None, dtype: torch.dtype | None = None) -> FaceGenerator:
+        """Move the model (a device, a dtype, or both), as a diffusers pipeline's `.to`."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
     @torch.no_grad()
     def sample(
         self,
         attributes: dict[str, int] | None = None,
-        mask=None,
-        num_samples: int = 1,
-        num_steps: int | None = None,
+        mask: Mask | None = None,
+        num_images: int | None = None,
+        num_inference_steps: int | None = None,
         guidance_scale=None,
         eta: float | None = None,
         seed: int = 0,
         batch: dict | None = None,
         resize_mask: bool = False,
         control: dict | None = None,
-    ) -> np.ndarray:
-        """Generate faces; returns uint8 (N, H, W, 3). A condition not given is dropped (its
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        num_samples: int | None = None,
+        num_steps: int | None = None,
+        num_images_per_prompt: int | None = None,
+    ):
+        """Generate `num_images` faces for one condition. A condition not given is dropped (its
         null embedding), so e.g. attributes alone sample a mask-free face for them; `control`
-        sets control metadata ({"flip": 1}) for a model trained with it."""
+        sets control metadata ({"flip": 1}) for a model trained with it.
+
+        The names are the exported pipeline's (diffusers'): `num_inference_steps`,
+        `guidance_scale`, `generator` (a CPU torch.Generator; else one seeded with `seed`),
+        `output_type` ("np": uint8 (N, H, W, 3), the default; "pil": a list of PIL images;
+        "pt": float (N, 3, H, W) in [-1, 1]). `num_samples` and `num_images_per_prompt` are
+        other names of `num_images`, `num_steps` of `num_inference_steps`."""
+        if output_type not in ("np", "pil", "pt"):
+            raise ValueError(f"output_type={output_type!r}: expected 'np', 'pil' or 'pt'")
+        n = same_as("num_images", num_images, "num_samples", num_samples)
+        n = same_as("num_images", n, "num_images_per_prompt", num_images_per_prompt)
+        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
         if batch is None:
-            batch = self.batch(attributes, mask, num_samples, resize_mask, control)
+            batch = self.batch(attributes, mask, 1 if n is None else n, resize_mask, control)
             dropped = {"attrs": attributes is None, "mask": mask is None, "control": False}
         else:
             dropped = {}
@@ -283,6 +289,15 @@ class FaceGenerator:
         device = self.model.device
         batch = {k: v.to(device) for k, v in batch.items()}
         images = self.model.generate(
-            batch, seed=seed, num_steps=num_steps, eta=eta, guidance_scale=gs, drop=dropped
+            batch,
+            seed=seed,
+            num_steps=steps,
+            eta=eta,
+            guidance_scale=gs,
+            drop=dropped,
+            generator=generator,
         )
-        return to_numpy_images(images)
+        if output_type == "pt":
+            return images
+        out = to_numpy_images(images)
+        return [Image.fromarray(x) for x in out] if output_type == "pil" else out

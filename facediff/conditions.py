@@ -52,6 +52,16 @@ def label_map(mask, res: int, resize: bool = False) -> torch.Tensor:
     return m
 
 
+def same_as(name: str, value, alias: str, other):
+    """One option that has two names (facediff's and diffusers'): the one given; both given
+    must agree."""
+    if other is None:
+        return value
+    if value is not None and value != other:
+        raise ValueError(f"{name}={value!r} and {alias}={other!r}: give one of the two")
+    return other
+
+
 def values_batch(
     attr_names: list[str],
     res: int,

@@ -31,7 +31,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from facediff.conditions import values_batch
+from facediff.conditions import same_as, values_batch
 from facediff.data.labels import MASK_CLASSES
 from facediff.diffusion.sampling import Sampler
 from facediff.models.conditioning import (
@@ -185,7 +185,7 @@ class FaceDiffPipeline(DiffusionPipeline):
         self,
         attributes: dict | None = None,
         mask=None,
-        num_images: int = 1,
+        num_images: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale=None,
         eta: float | None = None,
@@ -193,6 +193,8 @@ class FaceDiffPipeline(DiffusionPipeline):
         resize_mask: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
+        generator: torch.Generator | None = None,
+        num_images_per_prompt: int | None = None,
     ):
         """Generate `num_images` faces for one condition.
 
@@ -202,11 +204,17 @@ class FaceDiffPipeline(DiffusionPipeline):
             mask: (H, W) label map of `pipe.config.mask_classes` indices (array, tensor or PNG
                 path); None drops the mask condition.
             guidance_scale: one scale or {condition: scale}; None: the trained model's.
-            seed: the noise (torch.Generator on the CPU), as `facediff-sample seed=`.
+            seed: the noise (torch.Generator on the CPU), as `facediff-sample seed=`;
+                `generator`: a CPU torch.Generator of your own instead.
+            num_images_per_prompt: diffusers' name for `num_images`.
             output_type: "pil", "np" (uint8 N, H, W, 3) or "pt" (float N, 3, H, W in [-1, 1]).
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type={output_type!r}: expected 'pil', 'np' or 'pt'")
+        num_images = same_as(
+            "num_images", num_images, "num_images_per_prompt", num_images_per_prompt
+        )
+        num_images = 1 if num_images is None else num_images
         cfg = self.config
         batch = values_batch(
             list(cfg.attribute_names), cfg.image_size, attributes, mask, num_images, resize_mask
@@ -223,7 +231,7 @@ class FaceDiffPipeline(DiffusionPipeline):
             batch,
             shape,
             self.scheduler.config,
-            generator=torch.Generator().manual_seed(seed),
+            generator=generator or torch.Generator().manual_seed(seed),
             num_steps=num_inference_steps,
             eta=eta,
             guidance_scale=gs,

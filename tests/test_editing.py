@@ -120,3 +120,4 @@ def test_edit_cli_and_notebook(generator, tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("swap grid (1, 3, 16, 16, 3)" in str(o.get("text", "")) for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4  # the four strips

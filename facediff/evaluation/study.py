@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from facediff.evaluation.tables import markdown_lines, study_table
+from facediff.evaluation.tables import markdown_lines, study_table, study_values
 
 SEED_KEYS = ("seed",)
 VARIANTS = "evaluation.variants"
@@ -324,15 +324,17 @@ def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[st
 
 
 def report(folders, out_dir) -> dict:
-    """Read the multirun folders, check they share one protocol, write report.md and
-    report.csv under out_dir; returns {header, rows, failed, common, protocol, paths}."""
+    """Read the multirun folders, check they share one protocol, write report.md, report.csv
+    (the table's cells) and results.csv (their numbers: setting, row, column, mean, std, n)
+    under out_dir; returns {header, rows, failed, common, protocol, paths, values}."""
     jobs = [j for f in folders for j in read_jobs(f)]
     if not jobs:
         raise ValueError(f"{', '.join(map(str, folders))}: no job folders found")
     protocol = check_protocols(jobs)
     same = same_options(jobs)
     rows, common = group(jobs, same)
-    header, body = study_table([(r.setting, [j.metrics for j in r.jobs]) for r in rows])
+    runs = [(r.setting, [j.metrics for j in r.jobs]) for r in rows]
+    header, body = study_table(runs)
     failed = [str(j.folder) for j in jobs if j.metrics is None]
     why = [j.error or f"{j.folder}: no metrics.json" for j in jobs if j.metrics is None]
     out = Path(out_dir)
@@ -370,13 +372,19 @@ def report(folders, out_dir) -> dict:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(body)
+    values = study_values(runs)
+    with open(out / "results.csv", "w", newline="") as f:  # the numbers, for pandas
+        writer = csv.DictWriter(f, ["setting", "row", "column", "mean", "std", "n"])
+        writer.writeheader()
+        writer.writerows(values)
     return {
         "header": header,
         "rows": body,
         "failed": failed,
         "common": common,
         "protocol": protocol,
-        "paths": [str(out / "report.md"), str(out / "report.csv")],
+        "paths": [str(out / "report.md"), str(out / "report.csv"), str(out / "results.csv")],
+        "values": values,
         "markdown": "\n".join(md + notes),
     }
 

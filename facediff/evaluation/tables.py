@@ -131,6 +131,25 @@ def study_table(rows: list[tuple[str, list[dict | None]]]) -> tuple[list[str], l
     return header, body
 
 
+def study_values(rows: list[tuple[str, list[dict | None]]]) -> list[dict]:
+    """The numbers behind a study's cells, one line per setting, evaluation row and column:
+    {setting, row, column, mean, std, n} (std 0 for one job; the columns' own units, not the
+    table's scaled ones), for pandas and plots (facediff-report's results.csv)."""
+    out = []
+    for setting, runs in rows:
+        ok = [m for m in runs if m is not None]
+        for which in (OWN, SHUFFLED):
+            for key, *_ in COLUMNS:
+                values = [m["rows"][which][key] for m in ok if key in m["rows"].get(which, {})]
+                if values and all(isinstance(v, (int, float)) for v in values):
+                    mean, std = mean_std([float(v) for v in values])
+                    out.append(
+                        {"setting": setting, "row": which, "column": key, "mean": mean,
+                         "std": std, "n": len(values)}
+                    )  # fmt: skip
+    return out
+
+
 def markdown_lines(header: list[str], body: list[list[str]]) -> list[str]:
     """A markdown table, one string per line."""
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

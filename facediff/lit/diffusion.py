@@ -14,7 +14,9 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
+from facediff import checkpoint
 from facediff.checkpoint import leave_out_frozen, restore_frozen
+from facediff.config import UnsafeConfigError, instantiate_untrusted, register_resolvers
 from facediff.diffusion.losses import DiffusionLoss
 from facediff.diffusion.objectives import Objective, objective_for
 from facediff.diffusion.sampling import Sampler, guidance_levels
@@ -321,16 +323,18 @@ class LatentDiffusion(L.LightningModule):
         seed: int = 0,
         drop: dict | None = None,
         conditioner=None,
+        generator: torch.Generator | None = None,
         **sampler_kwargs,
     ) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] for the conditions in `batch` (current weights; use
         `with model.ema_weights():` or `facediff.api.FaceGenerator` for the EMA weights);
-        `conditioner` replaces the model's for this call (editing's interpolation)."""
+        `conditioner` replaces the model's for this call (editing's interpolation); `generator`
+        (a CPU torch.Generator) draws the noise instead of one seeded with `seed`."""
         self.check_sampler(self.sampler)
         b = len(batch[next(iter(batch))])
         h = self.autoencoder.latent_size(self.image_size)
         shape = (b, self.autoencoder.latent_channels, h, h)
-        g = torch.Generator().manual_seed(seed)
+        g = generator or torch.Generator().manual_seed(seed)
         sampler_kwargs = {k: v for k, v in sampler_kwargs.items() if v is not None}
         pixel_space = isinstance(self.autoencoder, PixelSpace)
         z0 = self.sampler(
@@ -380,5 +384,65 @@ class LatentDiffusion(L.LightningModule):
         (`facediff.checkpoint.restore_frozen`)."""
         restore_frozen(self, checkpoint)
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location=None,
+        hparams_file=None,
+        strict=None,
+        weights_only=None,
+        use_ema: bool = False,
+        allow_targets=(),
+        **kwargs,
+    ) -> LatentDiffusion:
+        """Lightning's way to read a model, for a facediff-train checkpoint: verified and loaded
+        without pickle (`facediff.checkpoint.load`), the model built from the config it
+        recorded, facediff's classes only (`model_from_checkpoint`; `allow_targets` adds yours).
+        `use_ema`: the EMA weights instead of the trained ones. The recorded config is the
+        model: `hparams_file` and keyword overrides are refused rather than ignored."""
+        if hparams_file is not None or kwargs:
+            given = (["hparams_file"] if hparams_file is not None else []) + sorted(kwargs)
+            raise ValueError(
+                f"LatentDiffusion.load_from_checkpoint: {given} not taken; the model is rebuilt "
+                "from the config its checkpoint recorded (change it by training anew)"
+            )
+        ckpt = checkpoint.load(checkpoint_path, "a facediff-train checkpoint")
+        model = model_from_checkpoint(ckpt, use_ema, checkpoint_path, allow_targets)
+        if isinstance(map_location, (str, torch.device)):
+            model = model.to(map_location)
+        return model
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
+
+
+def model_from_checkpoint(
+    ckpt: dict, use_ema: bool = True, path=None, allow_targets=()
+) -> LatentDiffusion:
+    """Rebuild the LatentDiffusion of a checkpoint and load its (EMA) weights (`path`: the
+    file it was read from, for the messages).
+
+    The checkpoint's recorded `model` config is untrusted input like its tensors: only
+    facediff's model classes are built from it (`facediff.config.instantiate_untrusted`), and
+    any other `_target_` is refused naming the key; `allow_targets` adds classes of your own
+    that you trust."""
+    register_resolvers()
+    where = f"{path or 'checkpoint'}: facediff.config.model"
+    run = checkpoint.run_record(ckpt, path or "checkpoint")
+    spec = run.config.get("model")
+    target = spec.get("_target_") if isinstance(spec, dict) else None
+    if target != "facediff.lit.diffusion.LatentDiffusion":
+        raise UnsafeConfigError(
+            f"{where}._target_={target!r}: expected facediff.lit.diffusion.LatentDiffusion"
+        )
+    model: LatentDiffusion = instantiate_untrusted(spec, where, allow_targets)
+    try:  # first, as Lightning does: the frozen pretrained weights it left out, checked
+        model.on_load_checkpoint(ckpt)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"{path or 'checkpoint'}: {e}") from None
+    model.load_state_dict(ckpt["state_dict"])
+    model.data_info, model.build_config = run.data, run.config
+    if use_ema:
+        model.ema.copy_to(model.trainable_parameters())
+    return model.eval()

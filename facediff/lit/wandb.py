@@ -21,11 +21,49 @@ def run_id_from_checkpoint(ckpt_path) -> str | None:
     return ckpt.get("wandb_run_id")
 
 
-def wandb_logger(cfg: dict, run_id: str | None = None):
+# overrides that say where a job runs or writes, not what it is: left out of its W&B name
+NOT_THE_SETTING = ("hydra.", "paths.", "ckpt_path=", "threads=", "logger", "callbacks.progress")
+
+
+def run_identity(cfg: DictConfig, hydra=None) -> dict:
+    """How a run is told apart in the W&B dashboard: `name` from the job's own overrides
+    (`experiment=multi seed=1`; task_name without any), `group` = the sweep of a `-m` job
+    (<task_name>/<its sweep folder>: the ten runs of one study together) or task_name, `tags`
+    (task_name, and the experiment and study chosen), `job_type` "train". `hydra`: the job's
+    HydraConfig (None outside a Hydra main: task_name alone)."""
+    task = str(cfg.get("task_name") or "train")
+    out = {"name": task, "group": task, "tags": [task], "job_type": "train"}
+    if hydra is None:
+        return out
+    own = [
+        o.lstrip("+~")
+        for o in hydra.overrides.task
+        if not o.lstrip("+~").startswith(NOT_THE_SETTING)
+    ]
+    if own:
+        out["name"] = " ".join(own)
+    if str(hydra.mode) == "RunMode.MULTIRUN":
+        out["group"] = f"{task}/{os.path.basename(str(hydra.sweep.dir).rstrip('/'))}"
+    choices = hydra.runtime.choices
+    out["tags"] += [f"{k}={choices[k]}" for k in ("experiment", "study") if choices.get(k)]
+    return out
+
+
+def hydra_config():
+    """The running job's HydraConfig, None outside a Hydra main (a notebook, a test)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def wandb_logger(cfg: dict, run_id: str | None = None, identity: dict | None = None):
     """A WandbLogger from its config dict. A resumed run continues `run_id`, the W&B run its
     checkpoint recorded. Online logging that cannot start (no login, no network, a bad
     entity) falls back to offline mode, with a warning that says why."""
     cfg = dict(cfg)
+    for key, value in (identity or {}).items():  # logger.wandb.<key> given: the user's
+        if cfg.get(key) is None:
+            cfg[key] = value
     if run_id and not cfg.get("id"):
         cfg["id"], cfg["resume"] = run_id, "allow"
         log.info("continuing W&B run %s", run_id)
@@ -56,7 +94,8 @@ def build_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> list:
     for lg_cfg in (cfg.get("logger") or {}).values():
         lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
         if issubclass(get_class(lg_cfg["_target_"]), WandbLogger):
-            loggers.append(wandb_logger(lg_cfg, wandb_run_id))
+            identity = run_identity(cfg, hydra_config())
+            loggers.append(wandb_logger(lg_cfg, wandb_run_id, identity))
         else:
             loggers.append(instantiate(lg_cfg))
     return loggers

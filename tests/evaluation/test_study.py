@@ -199,6 +199,24 @@ def test_a_facediff_evaluate_sweep_is_read_too(tmp_path):
     ]
 
 
+def test_the_numbers_behind_the_cells_are_written_for_pandas(tmp_path):
+    """results.csv: one line per setting, evaluation row and column, with mean, std and n as
+    numbers in the column's own units (attribute accuracy 0.8, not "80.0 ± 1.4")."""
+    import csv
+
+    a = sweep_dir(tmp_path, "a")
+    for seed, acc in ((0, 0.79), (1, 0.81)):
+        job(a, seed, ["objective=eps", f"seed={seed}"], {"attr_acc": acc, "fid": 100.0 + seed})
+    out = report([a], tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    got = {(r["row"], r["column"]): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
+    own, shuffled = "samples vs own conditions", "samples vs shuffled conditions"
+    assert got[(own, "attr_acc")] == pytest.approx((0.80, 0.0141421356, 2))
+    assert got[(own, "fid")] == pytest.approx((100.5, 0.7071067812, 2))
+    assert got[(shuffled, "attr_acc")] == pytest.approx((0.40, 0.0070710678, 2))  # halved (job())
+    assert {r["setting"] for r in rows} == {"objective=eps"} and len(out["values"]) == len(rows)
+
+
 def test_jobs_from_before_evaluation_solver_was_renamed_sampler_join_the_new_rows(tmp_path):
     """evaluation.solver is evaluation.sampler now: a job that recorded the old name (its
     override, its protocol, its variants) is read as the new name, in the same row and under
