@@ -35,7 +35,8 @@ def evaluate(cfg: DictConfig) -> dict:
         protocol_variants,
         score_generated,
     )
-    from facediff.evaluation.tables import write_report
+    from facediff.evaluation.tables import log_table_to_loggers, write_report
+    from facediff.lit.wandb import logger_for_checkpoint
 
     register_resolvers()
     protocol = OmegaConf.to_container(cfg.evaluation, resolve=True)
@@ -57,11 +58,20 @@ def evaluate(cfg: DictConfig) -> dict:
             "ckpt_max_steps": max_steps,
             "ckpt_code": checkpoint.run_record(ckpt).code,  # the code that trained it
         }
-        for name, options, report, table, folder in evaluate_variants(
-            model, dm, protocols, out, extra=extra
-        ):  # evaluation.variants: each in <output_dir>/<name>
-            data[name] = json.loads((folder / "metrics.json").read_text())
-            _print(report, table, folder, f"evaluation {name} ({options})" if name else "")
+        wandb = logger_for_checkpoint(ckpt, out)  # the table goes to the training's W&B run
+        try:
+            for name, options, report, table, folder in evaluate_variants(
+                model, dm, protocols, out, extra=extra
+            ):  # evaluation.variants: each in <output_dir>/<name>
+                data[name] = json.loads((folder / "metrics.json").read_text())
+                _print(report, table, folder, f"evaluation {name} ({options})" if name else "")
+                if wandb is not None:
+                    log_table_to_loggers([wandb], report["rows"], step, name)
+        finally:
+            if wandb is not None:
+                import wandb as wb
+
+                wb.finish()
         return data if protocols[0][0] else data[None]
     else:
         images_dir = Path(cfg.images_dir)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
 from facediff.data.batch import condition_batch, to_device
+from facediff.data.labels import MASK_CLASSES
 from facediff.evaluation.evaluator_cache import evaluators
-from facediff.evaluation.protocol import roll, score
+from facediff.evaluation.protocol import read_images, roll, score
 from facediff.lit.diffusion import LatentDiffusion
+from facediff.visualize import to_numpy_images
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +24,10 @@ class FidelityMonitor(L.Callback):
     `num_steps` sampler steps) for the first `num_conditions` validation items and log how well
     the samples follow their conditions, and another item's conditions, as
     fidelity/{attr_acc,mask_acc,miou}[_shuffled]: on a W&B dashboard the conditioning rising,
-    not only the loss. The evaluators are the protocol's (`facediff.evaluation.evaluator_cache`),
-    trained before fit when absent."""
+    not only the loss. On W&B the samples come too, as the table "fidelity/samples": each
+    sample with its conditioning mask and the parser's reading of it as segmentation layers, and
+    its condition's attributes as columns (1, 0, or empty where unknown). The evaluators are
+    the protocol's (`facediff.evaluation.evaluator_cache`), trained before fit when absent."""
 
     def __init__(
         self,
@@ -93,7 +99,37 @@ class FidelityMonitor(L.Callback):
         metrics = {f"fidelity/{k}": own[k] for k in keys}
         metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
         log.info("fidelity at step %d: %s", trainer.global_step, metrics)
+        self.log_samples(trainer, images, cond, names)
         return metrics
+
+    def log_samples(self, trainer, images: torch.Tensor, cond: dict, names: list[str]) -> None:
+        """The measured samples as a wandb.Table in the run's W&B run (nothing without one)."""
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        labels, _ = read_images(images, self.parser, self.classifier, names)
+        classes = dict(enumerate(MASK_CLASSES))
+        pictures, data = to_numpy_images(images), []
+        for i, picture in enumerate(pictures):
+            layers = {}
+            if "mask" in cond:
+                layers["condition"] = {"mask_data": cond["mask"][i].numpy().astype(np.uint8)}
+            if labels is not None:
+                layers["parser"] = {"mask_data": labels[i].numpy().astype(np.uint8)}
+            for layer in layers.values():
+                layer["class_labels"] = classes
+            known = cond["attrs_known"][i].tolist()
+            values = [int(v) if k else None for v, k in zip(cond["attrs"][i].tolist(), known)]
+            data.append(
+                [int(cond["index"][i]), wandb.Image(picture, masks=layers or None), *values]
+            )
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for lg in loggers:
+            lg.log_table(
+                "fidelity/samples", columns=["item", "sample", *names], data=data, step=step
+            )
 
 
 __all__ = ["FidelityMonitor"]

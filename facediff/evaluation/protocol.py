@@ -390,7 +390,7 @@ def evaluate_after(cfg, model, datamodule, trainer) -> dict:
     for name, options, report, table, out in evaluate_variants(
         model, datamodule, protocols, out_dir, training_precision(cfg)
     ):
-        log_table_to_loggers(trainer, report["rows"], trainer.global_step, name)
+        log_table_to_loggers(trainer.loggers, report["rows"], trainer.global_step, name)
         gen = report["generated"]
         print(
             f"\nevaluation{f' {name} ({options})' if name else ''} of {report['num_samples']} "

@@ -65,7 +65,7 @@ def write_report(report: dict, out_dir, extra: dict | None = None) -> str:
     return table
 
 
-def log_table_to_loggers(trainer, rows: dict, step: int, variant: str | None = None) -> None:
+def log_table_to_loggers(loggers, rows: dict, step: int, variant: str | None = None) -> None:
     """The evaluation table as a wandb.Table ("evaluation/table", or "evaluation/<variant>/table")
     in the run's W&B run, and its numbers as evaluation/[<variant>/]<row>/<column> for W&B's
     summary and the other loggers."""
@@ -79,7 +79,7 @@ def log_table_to_loggers(trainer, rows: dict, step: int, variant: str | None = N
             for c in columns
             if isinstance(row.get(c), (int, float))
         }
-    for lg in trainer.loggers:
+    for lg in loggers:
         if isinstance(lg, WandbLogger):
             data = [
                 [name]

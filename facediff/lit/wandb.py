@@ -87,6 +87,26 @@ def wandb_logger(cfg: dict, run_id: str | None = None, identity: dict | None = N
         return instantiate(cfg)
 
 
+def logger_for_checkpoint(ckpt: dict, save_dir) -> WandbLogger | None:
+    """A WandbLogger continuing the W&B run a checkpoint trained in (its `wandb_run_id`, its
+    project and mode), writing under `save_dir`, job_type "evaluate": facediff-evaluate logs its
+    table there, beside the training's curves. None where the run logged to no W&B run."""
+    run_id = ckpt.get("wandb_run_id")
+    if not run_id:
+        return None
+    config = checkpoint.run_record(ckpt).config
+    trained = ((config.get("logger") or {}).get("wandb")) or {}
+    cfg = {
+        "_target_": "lightning.pytorch.loggers.WandbLogger",
+        "project": trained.get("project") or "facediff",
+        "entity": trained.get("entity"),
+        "offline": bool(trained.get("offline", True)),
+        "save_dir": str(save_dir),
+        "job_type": "evaluate",
+    }
+    return wandb_logger(cfg, run_id)
+
+
 def build_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> list:
     """Instantiate the configured loggers; W&B continues `wandb_run_id` (the resumed
     checkpoint's run) and falls back to offline when online logging cannot start."""

@@ -15,8 +15,8 @@ from tests.conftest import TINY
 BLOCK = 32768  # the run file's record log: 7-byte header, then 32 KiB blocks of records
 
 
-def run_record(path: Path) -> pb.RunRecord:
-    """The RunRecord of an offline W&B run file (run-<id>.wandb)."""
+def records(path: Path):
+    """The records of an offline W&B run file (run-<id>.wandb)."""
     data, pos, pending = path.read_bytes(), 7, b""
     while pos + 7 <= len(data):
         if BLOCK - pos % BLOCK < 7:  # a block's tail too short for a header is padding
@@ -28,13 +28,27 @@ def run_record(path: Path) -> pb.RunRecord:
             record = pb.Record()
             record.ParseFromString(pending + chunk)
             pending = b""
-            if record.WhichOneof("record_type") == "run":
-                return record.run
+            yield record
         elif kind in (2, 3):
             pending += chunk
         else:
             break
+
+
+def run_record(path: Path) -> pb.RunRecord:
+    for record in records(path):
+        if record.WhichOneof("record_type") == "run":
+            return record.run
     raise AssertionError(f"{path}: no run record")
+
+
+def history(path: Path) -> dict[str, str]:
+    """{key: its last value as JSON} over the run's history (a table: <key>/_type etc.)."""
+    out = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "history":
+            out |= {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
+    return out
 
 
 @pytest.mark.slow
@@ -60,3 +74,44 @@ def test_a_sweeps_runs_are_named_grouped_and_tagged(data_dir, tmp_path):
         assert not [o for o in name if o.startswith(("paths.", "logger", "hydra."))], name
         assert r.run_group == f"attr/{sweep.name}" and r.job_type == "train"
         assert list(r.tags) == ["attr", "experiment=attr"]
+
+
+@pytest.mark.slow
+def test_sample_tables_in_training_and_the_evaluation_in_the_checkpoints_run(make_cfg, tmp_path):
+    """The fidelity check logs its samples as a table (their masks as segmentation layers);
+    facediff-evaluate on the checkpoint logs its table into the run the checkpoint trained in."""
+    from facediff.cli.evaluate import evaluate
+    from facediff.cli.train import train
+    from facediff.config import compose
+
+    ev = f"evaluators_dir={tmp_path / 'ev'}"
+    cfg = make_cfg(
+        "conditioner=attr_mask_concat", "logger=wandb", "trainer.max_steps=2",
+        "callbacks.fidelity.every_n_steps=2", "callbacks.fidelity.num_conditions=4",
+        "callbacks.fidelity.parser_steps=2", "callbacks.fidelity.classifier_steps=2",
+        f"callbacks.fidelity.{ev}",
+    )  # fmt: skip
+    os.environ.setdefault("WANDB_MODE", "offline")
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    (trained,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    assert history(trained)["fidelity/samples/_type"] == '"table-file"'
+    assert history(trained)["fidelity/samples/nrows"] == "4"
+    media = list((run_dir / "wandb").glob("offline-run-*/files/media/**/*.png"))
+    assert media  # the sample images and their mask layers
+    out = tmp_path / "eval"
+    evaluate(
+        compose(
+            "evaluate",
+            [
+                f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}",
+                "evaluation.num_conditions=4", "evaluation.diversity_conditions=0",
+                "evaluation.kid_subset_size=2", "evaluation.parser_steps=2",
+                "evaluation.classifier_steps=2", f"evaluation.{ev}", "evaluation.inception=null",
+            ],
+        )
+    )  # fmt: skip
+    (evaluated,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run_record(evaluated).run_id == run_record(trained).run_id  # the same W&B run
+    assert run_record(evaluated).job_type == "evaluate"
+    assert history(evaluated)["evaluation/table/_type"] == '"table-file"'
