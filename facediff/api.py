@@ -265,6 +265,7 @@ class FaceGenerator:
         num_samples: int | None = None,
         num_steps: int | None = None,
         num_images_per_prompt: int | None = None,
+        progress: bool = False,
     ):
         """Generate `num_images` faces for one condition. A condition not given is dropped (its
         null embedding), so e.g. attributes alone sample a mask-free face for them; `control`
@@ -274,7 +275,8 @@ class FaceGenerator:
         `guidance_scale`, `generator` (a CPU torch.Generator; else one seeded with `seed`),
         `output_type` ("np": uint8 (N, H, W, 3), the default; "pil": a list of PIL images;
         "pt": float (N, 3, H, W) in [-1, 1]). `num_samples` and `num_images_per_prompt` are
-        other names of `num_images`, `num_steps` of `num_inference_steps`."""
+        other names of `num_images`, `num_steps` of `num_inference_steps`. `progress`: a bar
+        over the sampler's steps."""
         if output_type not in ("np", "pil", "pt"):
             raise ValueError(f"output_type={output_type!r}: expected 'np', 'pil' or 'pt'")
         n = same_as("num_images", num_images, "num_samples", num_samples)
@@ -296,6 +298,7 @@ class FaceGenerator:
             guidance_scale=gs,
             drop=dropped,
             generator=generator,
+            progress=progress,
         )
         if output_type == "pt":
             return images

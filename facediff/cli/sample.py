@@ -46,7 +46,7 @@ def sample(cfg: DictConfig) -> Path:
         cond = condition_batch(dm, cfg.from_split, cfg.num_conditions, gen.model)
         per_image = repeat_batch({key: v for key, v in cond.items() if key != "image"}, k)
         per_image["sample"] = torch.arange(k).repeat(len(cond["image"]))
-        images = gen.sample(batch=per_image, **kwargs)
+        images = gen.sample(batch=per_image, progress=True, **kwargs)
         # the samples with their conditions: facediff-evaluate images_dir=<output_dir> scores them
         meta = {
             "data_root": str(dm.root),
@@ -62,7 +62,9 @@ def sample(cfg: DictConfig) -> Path:
             rows.append(head + list(images[i * k : (i + 1) * k]))
     else:
         attrs = OmegaConf.to_container(cfg.attributes) if cfg.attributes else None
-        images = gen.sample(attributes=attrs, mask=cfg.mask, num_samples=k, **kwargs)
+        images = gen.sample(
+            attributes=attrs, mask=cfg.mask, num_samples=k, progress=True, **kwargs
+        )
         rows.append(list(images))
         for i, img in enumerate(images):
             save_png(img, out / "samples" / f"{i:05d}.png")

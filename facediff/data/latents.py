@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from facediff.data.prepared import BadInputError, data_lock
 from facediff.data.transforms import hflip, to_float
@@ -94,7 +95,7 @@ def cache_latents(datamodule, autoencoder, batch_size: int = 64) -> Path:
         device = next(autoencoder.parameters(), torch.empty(0)).device
         log.info("encoding %d items (and their mirror images) into %s", n, folder)
         images = data.arrays["images"]
-        for s in range(0, n, batch_size):
+        for s in tqdm(range(0, n, batch_size), desc="encoding latents", unit="batch"):
             x = torch.from_numpy(np.array(images[s : s + batch_size])).permute(0, 3, 1, 2)
             x = to_float(x).to(device)
             out[s : s + len(x), 0] = autoencoder.encode(x).float().cpu().numpy()

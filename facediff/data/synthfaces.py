@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from facediff.data.celebamask import ATTR_FILE, CelebAMaskHQ
 from facediff.data.face_renderer import POSE, RENDERED_ATTRIBUTES, check_pose, render_face
@@ -84,11 +85,12 @@ def write_synthfaces(
         (str(tmp), s, min(s + chunk, num_faces), seed, image_size, mask_size, pose)
         for s in range(0, num_faces, chunk)
     ]
+    bar = {"total": len(jobs), "desc": f"generating {num_faces} SynthFaces", "unit": "x100"}
     if num_workers > 1:
         with ProcessPoolExecutor(num_workers, initializer=_single_thread) as pool:
-            list(pool.map(_write_range, jobs))
+            list(tqdm(pool.map(_write_range, jobs), **bar))
     else:
-        for job in jobs:
+        for job in tqdm(jobs, **bar):
             _write_range(job)
     attrs = np.stack([np.load(tmp / ".attrs" / f"{i}.npy") for i in range(num_faces)])
     lines = [str(num_faces), " ".join(CELEBA_ATTRIBUTES)]
