@@ -238,6 +238,10 @@ def test_bench_prints_side_by_side_figures(tmp_path, data_dir):
             "bench.train_steps=1",
             "bench.checkpoint_mb=1",
             "bench.denoiser_steps=1",
+            "bench.levers=[eager,channels_last,fused_adamw]",
+            "bench.lever_precisions=[fp32]",
+            "bench.lever_steps=1",
+            "bench.lever_rounds=1",
             "bench.denoiser_sets=[{resolution: 16, batch: 2, base: [],"
             " options: ['denoiser=unet_small', 'denoiser=dit_tiny']}]",
         ],
@@ -251,6 +255,12 @@ def test_bench_prints_side_by_side_figures(tmp_path, data_dir):
     assert (
         out["loader"][0]["prepared_samples_s"] > 0 and out["loader"][0]["png_decode_samples_s"] > 0
     )
+    levers = out["levers"]["variants"]["fp32"]
+    assert set(levers) == {"eager", "channels_last", "fused_adamw"}
+    assert levers["eager"]["vs_eager"] == 1 and all(v["steps_s"] > 0 for v in levers.values())
+    # the same model and batch: the levers change the speed, not the first loss (beyond rounding)
+    first = [v["first_loss"] for v in levers.values()]
+    assert max(first) - min(first) <= 1e-4 * max(first)
     step = out["train_step"]
     assert step["fp32_steps_s"] > 0 and step["bf16_steps_s"] > 0
     assert step["auto_precision"] in ("32-true", "bf16-mixed") and step["auto_reason"]

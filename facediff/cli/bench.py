@@ -95,6 +95,74 @@ def bench_train_step(cfg: DictConfig, steps: int) -> dict:
     return result
 
 
+LEVERS = {  # name: (LatentDiffusion options, AdamW options)
+    "eager": ({}, {}),
+    "channels_last": ({"channels_last": True}, {}),
+    "fused_adamw": ({}, {"fused": True}),
+    "foreach_adamw": ({}, {"foreach": True}),
+    "compiled": ({"compile_denoiser": True}, {}),
+}
+
+
+def bench_levers(cfg: DictConfig, steps: int, rounds: int, levers, precisions) -> dict:
+    """The training step (loss, backward, AdamW) with each speed lever against eager, in one
+    process: every variant a fresh model from the same seed and the same batch, the variants
+    timed in turn `rounds` times (`steps` steps each) so that a machine's drift falls on all of
+    them alike; the median round's steps/s, its ratio to eager, and the first step's seconds
+    (compiling). bf16 only where this CPU has it natively."""
+    from facediff.precision import choose_precision
+
+    out = {"auto_precision": choose_precision("cpu")[0], "variants": {}}
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    for precision in precisions:
+        if precision == "bf16" and not native_bf16:
+            out[precision] = "skipped: no native bf16 on this CPU"
+            continue
+        runs = {}
+        for name in levers:
+            model_opts, opt_opts = LEVERS[name]
+            torch.manual_seed(0)
+            model, batch = _model_and_batch(cfg)
+            for k, v in model_opts.items():
+                setattr(model, k, v)
+            model.apply_speed_options()
+            opt = torch.optim.AdamW(model.trainable_parameters(), 1e-4, **opt_opts)
+            runs[name] = (model, batch, opt)
+
+        def step(model, batch, opt, on=precision == "bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+                loss = model.diffusion_loss(batch, model.generator)["loss"].mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return float(loss)
+
+        first, losses = {}, {}
+        for name, run in runs.items():  # warm-up: the first step compiles
+            t0 = time.perf_counter()
+            losses[name] = step(*run)
+            first[name] = time.perf_counter() - t0
+            step(*run)
+        rates = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step(*run)
+                rates[name].append(steps / (time.perf_counter() - t0))
+        median = {n: sorted(r)[len(r) // 2] for n, r in rates.items()}
+        out["variants"][precision] = {
+            n: {
+                "steps_s": median[n],
+                "vs_eager": median[n] / median["eager"],
+                "first_step_s": first[n],
+                "first_loss": losses[n],
+            }
+            for n in runs
+        }
+    return out
+
+
 def _bare_step(model, batch, opt, sched, parts: dict | None = None) -> None:
     """What Lightning does in one LatentDiffusion step, by hand: loss, backward, the non-finite
     check, gradient clipping (trainer.gradient_clip_val=1.0), AdamW, LR schedule, EMA."""
@@ -255,6 +323,10 @@ def bench(cfg: DictConfig) -> dict:
         results["loader"] = [bench_loader(out, r, b.loader_items) for r in b.resolutions]
     if "train_step" in b.what:
         results["train_step"] = bench_train_step(cfg, b.train_steps)
+    if "levers" in b.what:
+        results["levers"] = bench_levers(
+            cfg, b.lever_steps, b.lever_rounds, list(b.levers), list(b.lever_precisions)
+        )
     if "lightning" in b.what:
         results["lightning"] = bench_lightning_overhead(cfg, b.train_steps)
     if "checkpoint" in b.what:

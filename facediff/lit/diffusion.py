@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,11 +18,11 @@ from facediff.checkpoint import leave_out_frozen, restore_frozen
 from facediff.config import UnsafeConfigError, instantiate_untrusted, register_resolvers
 from facediff.diffusion.losses import DiffusionLoss
 from facediff.diffusion.objectives import Objective, objective_for
-from facediff.diffusion.sampling import Sampler, guidance_levels
+from facediff.diffusion.sampling import Sampler
+from facediff.lit.checks import check_options, check_wiring
 from facediff.lit.ddp import agree
 from facediff.models.autoencoders import Autoencoder, PixelSpace
 from facediff.models.conditioning import Conditioner
-from facediff.models.routing import check_routing
 from facediff.precision import guard_strided_convs
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,10 @@ class LatentDiffusion(L.LightningModule):
             travels in checkpoints, so a resumed run draws the same numbers).
         pretrained: the pretrained pipeline folder the parts were loaded from (experiment=
             lora_sd2), recorded with the model; the parts read it themselves.
+        channels_last, compile_denoiser: speed levers for training (`apply_speed_options`):
+            the denoiser's convolutions in channels-last memory, the denoiser compiled with
+            torch.compile (in place: its state-dict keys are unchanged). `make bench` measures
+            both against eager on the machine at hand.
         flow_t, flow_t_mean, flow_t_std: read from checkpoints written before the objective
             was an object (without `objective`); now `Flow(t_sampling, t_mean, t_std)`.
     """
@@ -78,6 +81,8 @@ class LatentDiffusion(L.LightningModule):
         seed: int = 0,
         objective: Objective | None = None,
         pretrained: str | None = None,
+        channels_last: bool = False,
+        compile_denoiser: bool = False,
         flow_t: str = "logit_normal",
         flow_t_mean: float = 0.0,
         flow_t_std: float = 1.0,
@@ -92,8 +97,9 @@ class LatentDiffusion(L.LightningModule):
         if objective is None:
             objective = objective_for(noise_scheduler, flow_t, flow_t_mean, flow_t_std)
         self.objective = objective.bind(noise_scheduler)
-        self.check_options(ema_decay, ema_power)
-        self.check_wiring()
+        self.channels_last, self.compile_denoiser = bool(channels_last), bool(compile_denoiser)
+        check_options(self, ema_decay, ema_power)
+        check_wiring(self)
         self.ema = EMAModel(
             self.trainable_parameters(), decay=ema_decay, use_ema_warmup=True, power=ema_power
         )
@@ -104,73 +110,6 @@ class LatentDiffusion(L.LightningModule):
         self._loss_finite = True
         self.build_config: dict | None = None  # the resolved config, saved in checkpoints
         self.data_info: dict | None = None  # attribute names, masks, resolution of the data
-
-    def check_options(self, ema_decay: float, ema_power: float) -> None:
-        """Finite, in-range rates and decays, named as the config names them."""
-
-        def bad(option, value, valid):
-            raise ValueError(f"model.{option}={value!r}: expected {valid}")
-
-        def number(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not (number(ema_decay) and 0 <= ema_decay < 1):
-            bad("ema_decay", ema_decay, "a number in [0, 1)")
-        if not (number(ema_power) and ema_power > 0):
-            bad("ema_power", ema_power, "a number > 0")
-        for option, value in (
-            ("lr_warmup_steps", self.lr_warmup_steps),
-            ("max_bad_steps", self.max_bad_steps),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(option, value, "an integer >= 0")
-        kw = getattr(self.optimizer_factory, "keywords", {}) or {}
-        if "lr" in kw and not (number(kw["lr"]) and kw["lr"] > 0):
-            bad("optimizer.lr", kw["lr"], "a finite number > 0")
-        if "weight_decay" in kw and not (number(kw["weight_decay"]) and kw["weight_decay"] >= 0):
-            bad("optimizer.weight_decay", kw["weight_decay"], "a finite number >= 0")
-
-    def check_wiring(self) -> None:
-        """Fail before training when the parts do not fit together, naming the options."""
-        den, cond, ae = self.denoiser, self.conditioner, self.autoencoder
-        latent = ae.latent_size(self.image_size)
-        checks = [
-            (
-                den.sample_size,
-                latent,
-                "denoiser.sample_size",
-                f"the autoencoder's latent size for data.resolution={self.image_size}",
-            ),
-            (
-                den.in_channels,
-                ae.latent_channels,
-                "denoiser.in_channels",
-                "autoencoder latent channels",
-            ),
-            (
-                den.extra_in_channels,
-                cond.channels("spatial"),
-                "denoiser.extra_in_channels",
-                "the conditioner's spatial channels",
-            ),
-            (
-                den.vector_dim,
-                cond.channels("vector"),
-                "denoiser.vector_dim",
-                "the conditioner's vector width",
-            ),
-            (den.cross_attention_dim, cond.dim, "denoiser.cross_attention_dim", "conditioner.dim"),
-        ]
-        for got, want, option, what in checks:
-            if got != want:
-                raise ValueError(f"{option}={got} does not match {what} ({want})")
-        if getattr(den, "routing", None):
-            check_routing(den.routing, cond.token_names)
-        try:  # guidance scales may only name conditions the model has
-            guidance_levels(cond.names, self.sampler.guidance_scale)
-        except ValueError as e:
-            raise ValueError(f"sampler.guidance_scale: {e}") from None
-        self.check_sampler(self.sampler)
 
     def check_sampler(self, sampler: Sampler) -> None:
         """A flow model samples with a solver that integrates a flow, a diffusion model with a
@@ -210,6 +149,8 @@ class LatentDiffusion(L.LightningModule):
         t = obj.sample_t(b, generator).to(dev)  # 2. times and noise (the module's generator)
         eps = torch.randn(z0.shape, generator=generator).to(dev, z0.dtype)
         zt, target, snr = obj.noise(z0, eps, t), obj.target(z0, eps, t), obj.snr(t)  # 3. path
+        if self.channels_last:
+            zt = zt.contiguous(memory_format=torch.channels_last)
         drop = self.conditioner.sample_drop(b, generator, dev) if self.training else None
         cond = self.conditioner(batch, drop=drop, spatial_size=z0.shape[-2:])  # 4. condition
         pred = self.denoiser(zt, obj.model_time(t), cond)  # 5. predict
@@ -361,6 +302,16 @@ class LatentDiffusion(L.LightningModule):
     # ------------------------------------------------------------------------ checkpoints
     def on_fit_start(self) -> None:
         self.ema.to(self.device)
+        self.apply_speed_options()
+
+    def apply_speed_options(self) -> None:
+        """channels_last: the denoiser's weights in channels-last memory (its inputs follow in
+        diffusion_loss); compile_denoiser: torch.compile of the denoiser, in place."""
+        if self.channels_last:
+            self.denoiser.to(memory_format=torch.channels_last)
+        if self.compile_denoiser and not getattr(self, "_compiled", False):
+            self.denoiser.compile()
+            self._compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         leave_out_frozen(self, checkpoint)  # named and hashed, not copied (facediff.checkpoint)
