@@ -50,7 +50,20 @@ def test_training_notebook_trains_and_shows_its_grid(tmp_path, monkeypatch):
     assert pictures(outputs) == 1
 
 
-@pytest.mark.parametrize("name", ["quickstart", "editing", "training"])
+@pytest.mark.slow
+def test_study_notebook_runs_a_small_study_and_plots_its_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEDIFF_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACEDIFF_STUDY", str(tmp_path / "study"))
+    outputs = run("study")
+    assert (tmp_path / "study" / "report" / "results.csv").is_file()
+    text = " ".join(str(o.get("text", "")) for o in outputs)
+    assert (
+        "| conditioner=attr | 2/2 |" in text and "| conditioner=attr_mask_concat | 2/2 |" in text
+    )
+    assert pictures(outputs) == 1  # the error-bar plot
+
+
+@pytest.mark.parametrize("name", ["quickstart", "editing", "training", "study"])
 def test_saved_notebooks_show_their_results(name):
     path = NOTEBOOKS / f"{name}.ipynb"
     nb = json.loads(path.read_text())
