@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -239,6 +240,12 @@ NOTEBOOKS = {
 
 
 def write() -> None:
+    """Each notebook's cells, formatted as `ruff format` would; a notebook whose cells are
+    unchanged keeps its saved outputs."""
+    import shutil
+    import subprocess
+    import tempfile
+
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {
@@ -247,6 +254,12 @@ def write() -> None:
             "name": "python3",
         }
         path = HERE / f"{name}.ipynb"
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = Path(tmp) / path.name
+            nbformat.write(nb, fresh)
+            ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+            subprocess.run([ruff, "format", "-q", str(fresh)], check=True)
+            nb = nbformat.read(fresh, as_version=4)
         old = nbformat.read(path, as_version=4) if path.is_file() else None
         if old is not None and [c.source for c in old.cells] == [c.source for c in nb.cells]:
             continue  # the same cells: keep the saved outputs
