@@ -129,9 +129,10 @@ class FaceGenerator:
             self.model.data_info.get("control_default"),
         )
 
-    def _same_noise_run(self, mask, seed, num_steps, guidance_scale):
+    def _same_noise_run(self, mask, seed, num_inference_steps, num_steps, guidance_scale):
         """generate(batch, **extra) with every sample from the same noise (editing), the
         guidance scale given or the model's, the mask dropped where none is given."""
+        num_steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
         kw = {"num_steps": num_steps, "seed": seed, "shared_noise": True}
         kw["guidance_scale"] = (
             self.model.sampler.guidance_scale if guidance_scale is None else guidance_scale
@@ -160,8 +161,7 @@ class FaceGenerator:
         """The mask classes `parts` of `mask_b` put into `mask`, sampled from the same noise as
         `mask` itself (facediff.editing.swap_parts) -> {"original", "swapped": uint8 (H, W, 3),
         "mask": the swapped label map}."""
-        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
-        run = self._same_noise_run(mask, seed, steps, guidance_scale)
+        run = self._same_noise_run(mask, seed, num_inference_steps, num_steps, guidance_scale)
         res = self.model.image_size
         a = label_map(mask, res, resize_mask)
         swapped = editing.swap_parts(a, label_map(mask_b, res, resize_mask), parts)
@@ -193,8 +193,7 @@ class FaceGenerator:
             raise ValueError(
                 f"toggle: unknown attribute(s) {unknown}; the model knows {self.attr_names}"
             )
-        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
-        run = self._same_noise_run(mask, seed, steps, guidance_scale)
+        run = self._same_noise_run(mask, seed, num_inference_steps, num_steps, guidance_scale)
         batch = self.batch(attributes, mask, 2 * len(names), resize_mask)
         for i, name in enumerate(names):
             k = self.attr_names.index(name)
@@ -231,8 +230,7 @@ class FaceGenerator:
         alphas = torch.as_tensor([float(x) for x in alphas])
         if not len(alphas) or not ((alphas >= 0) & (alphas <= 1)).all():
             raise ValueError(f"alphas={alphas.tolist()}: expected numbers in [0, 1]")
-        steps = same_as("num_inference_steps", num_inference_steps, "num_steps", num_steps)
-        run = self._same_noise_run(mask, seed, steps, guidance_scale)
+        run = self._same_noise_run(mask, seed, num_inference_steps, num_steps, guidance_scale)
         n = len(alphas)
         batch_b = {
             k: v.to(self.model.device)
