@@ -35,6 +35,20 @@ def records(path: Path):
             break
 
 
+def finished(path: Path, timeout: float = 60) -> Path:
+    """The run file, once W&B has written its exit record (its service writes after
+    `wandb.finish()` returns)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if any(r.WhichOneof("record_type") == "exit" for r in records(path)):
+            return path
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: no exit record after {timeout} s")
+        time.sleep(0.5)
+
+
 def run_record(path: Path) -> pb.RunRecord:
     for record in records(path):
         if record.WhichOneof("record_type") == "run":
@@ -66,7 +80,7 @@ def test_a_sweeps_runs_are_named_grouped_and_tagged(data_dir, tmp_path):
     records = {}
     for job in ("0", "1"):
         (path,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
-        records[job] = run_record(path)
+        records[job] = run_record(finished(path))
     for job, seed in (("0", 0), ("1", 1)):
         r = records[job]
         name = r.display_name.split()  # the job's own overrides, the swept one last
@@ -95,6 +109,7 @@ def test_sample_tables_in_training_and_the_evaluation_in_the_checkpoints_run(mak
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     (trained,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    finished(trained)
     assert history(trained)["fidelity/samples/_type"] == '"table-file"'
     assert history(trained)["fidelity/samples/nrows"] == "4"
     media = list((run_dir / "wandb").glob("offline-run-*/files/media/**/*.png"))
@@ -112,6 +127,7 @@ def test_sample_tables_in_training_and_the_evaluation_in_the_checkpoints_run(mak
         )
     )  # fmt: skip
     (evaluated,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    finished(evaluated)
     assert run_record(evaluated).run_id == run_record(trained).run_id  # the same W&B run
     assert run_record(evaluated).job_type == "evaluate"
     assert history(evaluated)["evaluation/table/_type"] == '"table-file"'
