@@ -62,3 +62,26 @@ class PoisonSteps(L.Callback):
 
 def all_finite(state_dict) -> bool:
     return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
+
+
+def records(path):
+    """The protobuf records of an offline run's .wandb file (W&B's LevelDB-style log: a 7-byte
+    header, then 32 KiB blocks of chunks: CRC (4), length (2), type (1: full, 2: first,
+    3: middle, 4: last), data)."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, pos, pending = path.read_bytes(), 32768, 7, b""
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header: padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(raw[pos + 4 : pos + 6], "little"), raw[pos + 6]
+        if kind == 0 and length == 0:
+            break
+        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = data if kind in (1, 2) else pending + data
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record

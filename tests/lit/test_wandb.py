@@ -12,35 +12,13 @@ import sys
 import pytest
 
 from tests.conftest import TINY
+from tests.lit.helpers import records
 
 PROTOCOL = [
     "evaluation.num_conditions=4", "evaluation.diversity_conditions=0", "evaluation.inception=null",
     "evaluation.num_steps=2", "evaluation.kid_subset_size=2",
     "evaluation.parser_steps=2", "evaluation.classifier_steps=2",
 ]  # fmt: skip
-
-
-def records(path):
-    """The protobuf records of an offline run's .wandb file (W&B's LevelDB-style log: a 7-byte
-    header, then 32 KiB blocks of chunks: CRC (4), length (2), type (1: full, 2: first,
-    3: middle, 4: last), data)."""
-    from wandb.proto import wandb_internal_pb2
-
-    raw, block, pos, pending = path.read_bytes(), 32768, 7, b""
-    assert raw[:4] == b":W&B"
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header: padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(raw[pos + 4 : pos + 6], "little"), raw[pos + 6]
-        if kind == 0 and length == 0:
-            break
-        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
-        pending = data if kind in (1, 2) else pending + data
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
 
 
 def run_contents(run_dir) -> tuple[dict, dict]:

@@ -2,7 +2,6 @@
 sweep, tagged with the experiment and study; read back from the offline runs' record files."""
 
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,28 +10,7 @@ import pytest
 from wandb.proto import wandb_internal_pb2 as pb
 
 from tests.conftest import TINY
-
-BLOCK = 32768  # the run file's record log: 7-byte header, then 32 KiB blocks of records
-
-
-def records(path: Path):
-    """The records of an offline W&B run file (run-<id>.wandb)."""
-    data, pos, pending = path.read_bytes(), 7, b""
-    while pos + 7 <= len(data):
-        if BLOCK - pos % BLOCK < 7:  # a block's tail too short for a header is padding
-            pos += BLOCK - pos % BLOCK
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # a whole record, or the last piece of one
-            record = pb.Record()
-            record.ParseFromString(pending + chunk)
-            pending = b""
-            yield record
-        elif kind in (2, 3):
-            pending += chunk
-        else:
-            break
+from tests.lit.helpers import records
 
 
 def finished(path: Path, timeout: float = 60) -> Path:
