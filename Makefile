@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo demo-long test test-full cluster lint format bench docs notebooks clean
+.PHONY: help install demo demo-long test test-full cluster lint format bench bench-paper gpu-wheels gpu-check docs notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,8 +35,19 @@ test-full: install  ## every test, the slow end-to-end ones too (the SLURM ones 
 cluster:  ## start a two-node SLURM cluster on this machine (root: installs slurm-wlm, munge)
 	bash tests/slurm/cluster.sh
 
-bench: install  ## loader and training-step benchmarks (figures side by side)
+bench: install  ## loader and training-step benchmarks, the speed levers (figures side by side)
 	$(VENV)/bin/facediff-bench experiment=demo
+
+bench-paper: install  ## the paper-scale models (UNet 64x64x4, DiT-S/2, DiT-B/2, demo) on this device
+	$(VENV)/bin/facediff-bench 'bench.what=[paper]'
+
+gpu-wheels: install  ## build the wheels gpu-check installs on a GPU machine that lacks them (.whl/)
+	$(PY) -m facediff.cli.gpu_check --download-wheels .whl
+
+# on a CUDA machine, from a checkout, with the python that has torch (nothing else of ours needed)
+GPU_PYTHON ?= python3
+gpu-check:  ## on a CUDA GPU, < 8 min: CUDA tests, demo steps, paper-scale bench -> one JSON
+	$(GPU_PYTHON) -m facediff.cli.gpu_check --wheels .whl --out outputs/gpu_check/gpu_check.json
 
 notebooks: install  ## run the notebooks on the newest `make demo` model, their outputs saved
 	cd notebooks && ../$(PY) build.py --execute

@@ -301,3 +301,83 @@ def test_sweep_value_reads_a_metric_or_the_evaluation_and_names_what_is_missing(
         sweep_value(metrics, "val/acc")
     with pytest.raises(ValueError, match="needs the evaluation: set evaluate_after=true"):
         sweep_value({"val/loss": 0.5}, "report/miou")
+
+
+def test_paper_scale_bench_rows(tmp_path, data_dir):
+    """bench.what=[paper]: a row per model and precision with the full step's samples/s, its
+    FLOPs per sample (the same at two batch sizes: counted, not estimated), the utilisation
+    against the matmul peak it measured, and sampling images/s per step count."""
+    from facediff.cli.bench import bench
+
+    tiny_dit = "'denoiser.hidden_size=32','denoiser.depth=1','denoiser.num_heads=2'"
+    models = [
+        f"{{name:dit,overrides:['denoiser=dit_s',{tiny_dit}],latent:[4,4,8],"
+        f"batch_cuda:{b},batch_cpu:{b}}}"
+        for b in (2, 4)
+    ]
+    cfg = compose(
+        "bench",
+        [
+            f"paths.data_dir={data_dir}",
+            f"paths.output_dir={tmp_path}",
+            "bench.what=[paper]",
+            "bench.device=cpu",
+            "bench.paper_base=['data.source.num_faces=48','data.verify_hash=false']",
+            "bench.paper_precisions=[fp32]",
+            "bench.paper_steps=1",
+            "bench.paper_warmup=0",
+            "bench.paper_sample_steps=[1,2]",
+            "bench.paper_sample_batch=2",
+            "bench.paper_matmul_sizes_cpu=[64]",
+            f"bench.paper_models=[{','.join(models)}]",
+        ],
+    )
+    out = bench(cfg)["paper"]
+    assert out["device"] == "cpu" and out["matmul_peak_tflops"]["fp32"] > 0
+    small, large = out["rows"]
+    assert (small["batch_size"], large["batch_size"]) == (2, 4)
+    assert small["latent"] == [4, 4, 8] and small["compiled"] is False
+    assert small["train_gflop_per_sample"] == pytest.approx(large["train_gflop_per_sample"])
+    for r in out["rows"]:
+        assert r["train_samples_s"] > 0 and r["sample_1_steps_images_s"] > 0
+        assert r["flop_utilisation"] == pytest.approx(
+            r["train_tflops"] / out["matmul_peak_tflops"]["fp32"], rel=1e-2
+        )
+    table = (tmp_path / "bench" / "paper.md").read_text()
+    assert "sampling img/s (1 / 2 steps)" in table and table.count("| dit |") == 2
+
+
+def test_gpu_check_names_what_is_missing(monkeypatch, tmp_path):
+    """Without CUDA's dependencies and without wheels, the GPU check stops naming the
+    distributions to carry and how to build them."""
+    from facediff.cli import gpu_check
+
+    monkeypatch.setattr(gpu_check, "missing_modules", lambda **_: ["hydra", "diffusers"])
+    with pytest.raises(SystemExit, match=r"hydra-core.*make gpu-wheels|diffusers, hydra-core"):
+        gpu_check.main(["--work", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="no .whl files there"):
+        gpu_check.main(["--work", str(tmp_path), "--wheels", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_installs_the_wheels_and_passes(tmp_path):
+    """make gpu-check's script end to end on the CPU (--dry-run): wheels built as make
+    gpu-wheels builds them are installed into a folder of their own and used (hydra imported
+    from there), the device tests, the demo's steps and the paper bench pass, one JSON."""
+    import subprocess
+    import sys
+
+    from facediff.cli import gpu_check
+
+    wheels = tmp_path / "whl"
+    gpu_check.download_wheels(wheels)
+    out = tmp_path / "check.json"
+    cmd = [sys.executable, "-m", "facediff.cli.gpu_check", "--dry-run", "--force-install"]
+    cmd += ["--wheels", str(wheels), "--work", str(tmp_path / "work"), "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=gpu_check.ROOT, timeout=900)
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["dry_run"] and result["missing_modules"] == []
+    assert result["hydra_from"] == str(tmp_path / "work" / "site")
+    assert sorted(result["installed_wheels"])[0].startswith("antlr4_python3_runtime")
+    assert all(s["ok"] for s in result["steps"].values())
+    assert result["bench"]["rows"][0]["train_samples_s"] > 0

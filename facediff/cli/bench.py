@@ -333,6 +333,13 @@ def bench(cfg: DictConfig) -> dict:
         results["checkpoint"] = bench_checkpoint_integrity(out, b.checkpoint_mb)
     if "denoisers" in b.what:
         results["denoisers"] = bench_denoisers(b.denoiser_sets, b.denoiser_steps)
+    if "paper" in b.what:
+        from facediff.cli.bench_scale import bench_paper_scale, markdown
+
+        base = [f"paths.data_dir={cfg.paths.data_dir}", *b.paper_base]
+        results["paper"] = bench_paper_scale(b, base)
+        (out / "paper.md").write_text(markdown(results["paper"]) + "\n")
+        log.info("paper scale:\n%s", markdown(results["paper"]))
     shutil.rmtree(out / "synthfaces_raw", ignore_errors=True)
     for r in b.resolutions:
         shutil.rmtree(out / f"prep_{r}", ignore_errors=True)
