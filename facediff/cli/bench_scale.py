@@ -117,7 +117,6 @@ def bench_row(spec, device, precision: str, compiled: bool, b, base=()) -> dict:
     model.compile_denoiser = compiled
     model.apply_speed_options()
     opt = torch.optim.AdamW(model.trainable_parameters(), 1e-4, fused=on_cuda or None)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     def autocast():
         if precision != "bf16":

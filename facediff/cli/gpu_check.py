@@ -23,7 +23,6 @@ installed yet.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
