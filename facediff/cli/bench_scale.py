@@ -47,13 +47,15 @@ def _sync(device: torch.device) -> None:
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, sizes) -> float:
     """The best TFLOP/s of square matmuls of the given sizes on `device` in `dtype`
-    (torch.utils.benchmark's Timer: warmed up, CUDA-synchronised). fp32 on CUDA is true fp32
-    (torch's default: TF32 off for matmuls)."""
+    (torch.utils.benchmark's Timer: warmed up, CUDA-synchronised, on as many threads as the
+    training step gets; its default is one). fp32 on CUDA is true fp32 (torch's default: TF32
+    off for matmuls)."""
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        m = Timer("a @ b", globals={"a": a, "b": b}).blocked_autorange(min_run_time=0.5)
+        timer = Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+        m = timer.blocked_autorange(min_run_time=0.5)
         best = max(best, 2 * n**3 / m.median / 1e12)
     return best
 
