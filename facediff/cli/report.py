@@ -14,8 +14,9 @@ def run(argv: list[str] | None = None) -> dict:
     """facediff-report's work; returns the report (`facediff.evaluation.study.report`)."""
     parser = argparse.ArgumentParser(
         prog="facediff-report",
-        description="A row per setting (the job's overrides without seed=), mean ± std over "
-        "seeds of the evaluation protocol's columns, the number of jobs, the failed jobs.",
+        description="A row per setting (the job's overrides without seed=), mean ± std and "
+        "95%% intervals over seeds of the evaluation protocol's columns, paired differences "
+        "to a baseline, the study's claims with computed verdicts, figures, failed jobs.",
     )
     parser.add_argument("dirs", nargs="+", type=Path, help="multirun folders (hydra.sweep.dir)")
     parser.add_argument(
@@ -25,9 +26,15 @@ def run(argv: list[str] | None = None) -> dict:
         "--wandb", action="store_true", help="also log the table to W&B (offline unless --online)"
     )
     parser.add_argument("--online", action="store_true", help="with --wandb: log online")
+    parser.add_argument(
+        "--baseline",
+        help="overrides naming the baseline rows (e.g. 'experiment=attr'): every other row's "
+        "difference to the row that differs from it only there, paired by seed, with its 95%% "
+        "interval and the smallest difference the seeds could detect",
+    )
     args = parser.parse_args(argv)
     try:
-        result = report(args.dirs, args.out or args.dirs[0])
+        result = report(args.dirs, args.out or args.dirs[0], args.baseline)
     except (FileNotFoundError, ValueError) as e:
         print(f"facediff-report: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -60,7 +60,7 @@ class _Memo(torch.nn.Module):
     def __init__(self, extractor):
         super().__init__()
         self.extractor = extractor
-        self.num_features = extractor.num_features
+        self.num_features = getattr(extractor, "num_features", None)
         self._last = (None, None)
 
     def forward(self, x):
@@ -77,29 +77,50 @@ def feature_distances(
     kid_subset_size: int = 50,
     batch_size: int = 64,
     device="cpu",
+    bootstrap_rounds: int = 0,
 ) -> dict:
     """FID and KID (torchmetrics) between real and generated images in [-1, 1].
 
     feature: a module mapping uint8 images to (B, D) features (see `extractors`), or a dict of
     keyword arguments for torchmetrics (its own Inception). KID uses subsets of
-    min(kid_subset_size, n) images, drawn with a fixed seed; FID on fewer images than feature dimensions is biased
-    upwards (compare FIDs only at equal n)."""
+    min(kid_subset_size, n) images, drawn with a fixed seed; FID on fewer images than feature
+    dimensions is biased upwards (compare FIDs only at equal n). `bootstrap_rounds` > 0 adds
+    `fid_ci_low` / `fid_ci_high`, the 95% bootstrap interval over the generated samples
+    (`facediff.evaluation.statistics.bootstrap_fid`), from the same features."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    kw = feature if isinstance(feature, dict) else {"feature": _Memo(feature)}
-    fid = FrechetInceptionDistance(**kw).to(device)
-    kid = KernelInceptionDistance(**kw, subset_size=min(kid_subset_size, len(real), len(fake)))
-    kid = kid.to(device)
+    if isinstance(feature, dict) and isinstance(feature.get("feature"), torch.nn.Module):
+        feature = feature["feature"]  # a network of ours (a TorchScript Inception)
+    subset = min(kid_subset_size, len(real), len(fake))
+    if isinstance(feature, dict):  # torchmetrics' own Inception (torch-fidelity's weights)
+        fid = FrechetInceptionDistance(**feature).to(device)
+        memo = _Memo(fid.inception)  # FID's features, kept for the bootstrap
+        fid.inception = memo
+        kid = KernelInceptionDistance(**feature, subset_size=subset).to(device)
+    else:  # one extractor run per batch for FID and KID both
+        memo = _Memo(feature)
+        fid = FrechetInceptionDistance(feature=memo).to(device)
+        kid = KernelInceptionDistance(feature=memo, subset_size=subset).to(device)
+    feats: dict[bool, list] = {True: [], False: []}
     for images, is_real in ((real, True), (fake, False)):
         for b in _batches(images, batch_size):
-            feats = to_uint8(b).to(device)
-            fid.update(feats, real=is_real)
-            kid.update(feats, real=is_real)
+            x = to_uint8(b).to(device)
+            fid.update(x, real=is_real)
+            kid.update(x, real=is_real)
+            feats[is_real].append(memo._last[1].double().cpu())
     with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same on every run
         torch.manual_seed(0)
         kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    out = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    if bootstrap_rounds > 0:
+        from facediff.evaluation.statistics import bootstrap_fid
+
+        boot = bootstrap_fid(
+            torch.cat(feats[True]).numpy(), torch.cat(feats[False]).numpy(), bootstrap_rounds
+        )
+        out |= {"fid_ci_low": boot["ci_low"], "fid_ci_high": boot["ci_high"]}
+    return out
 
 
 @torch.no_grad()

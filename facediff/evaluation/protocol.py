@@ -199,10 +199,12 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
     }
     kid_n = p["kid_subset_size"]
     domain = DomainFeatures(classifier)
-    d = feature_distances(real, fake, domain, kid_n, p["batch_size"], device)
-    own.update({"fid_domain": d["fid"], "kid_domain": d["kid"], "kid_domain_std": d["kid_std"]})
+    rounds = p.get("bootstrap_rounds", 0)
+    d = feature_distances(real, fake, domain, kid_n, p["batch_size"], device, rounds)
+    own.update({f"{k.replace('fid', 'fid_domain', 1)}": v for k, v in d.items() if "fid" in k})
+    own.update({"kid_domain": d["kid"], "kid_domain_std": d["kid_std"]})
     if fid_feature is not None:
-        d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"], device)
+        d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"], device, rounds)
         own.update(d)
     if is_feature is not None:
         own.update(inception_score(fake, is_feature, batch_size=p["batch_size"], device=device))

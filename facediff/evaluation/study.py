@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from facediff.evaluation.tables import markdown_lines, study_table, study_values
+from facediff.evaluation.tables import code_notes, markdown_lines, study_table, study_values
 
 SEED_KEYS = ("seed",)
 VARIANTS = "evaluation.variants"
@@ -284,16 +283,31 @@ def swept_options(jobs: list[Job]) -> set[str]:
     }
 
 
-def check_protocols(jobs: list[Job]) -> dict | None:
-    """The one protocol all finished jobs share; a ValueError naming the option that differs."""
+# evaluation options that change what a figure means (how many samples, against which
+# reference, scored by which networks): never a row setting unless the study declares it so
+# (`row_options: [evaluation.num_conditions]` in its config)
+MEANING = (
+    "split", "num_conditions", "diversity_conditions", "samples_per_condition", "inception",
+    "kid_subset_size", "evaluators_dir", "parser_steps", "classifier_steps", "bootstrap_rounds",
+)  # fmt: skip
+
+
+def check_protocols(jobs: list[Job], row_options=()) -> dict | None:
+    """The one protocol all finished jobs share; a ValueError naming the option that differs.
+    A swept option is the study's variable, not a clash, unless it is one of MEANING and the
+    study did not declare it in `row_options`; `data.resolution` (the resolution scored)
+    likewise."""
     done = [j for j in jobs if j.metrics is not None]
     if not done:
         return None
+    declared = {str(o).removeprefix("evaluation.") for o in row_options}
+    _check_resolution(done, declared)
     defaults = protocol_defaults()
     first = defaults | done[0].metrics.get("protocol", {})
     for job in done[1:]:
         p = defaults | job.metrics.get("protocol", {})
         swept = swept_options([done[0], job])  # the study's variable, not a clash
+        swept -= set(MEANING) - declared
         for key in sorted((set(first) | set(p)) - swept - {"variants"}):
             if first.get(key) != p.get(key):
                 raise ValueError(
@@ -302,6 +316,24 @@ def check_protocols(jobs: list[Job]) -> dict | None:
                     "those folders separately, or evaluate them again with the same protocol)"
                 )
     return first
+
+
+def _check_resolution(done: list[Job], declared: set) -> None:
+    values = {}
+    for job in done:
+        value = options_of(job).get("data.resolution")
+        values.setdefault(value, job.folder)
+    if len(values) > 1 and "data.resolution" not in declared:
+        (a, fa), (b, fb) = list(values.items())[:2]
+        raise ValueError(
+            f"data.resolution differs: {a} in {fa} but {b} in {fb}; figures scored at two "
+            "resolutions are not comparable (declare row_options: [data.resolution] in the "
+            "study's config to make it a row setting)"
+        )
+
+
+def options_of(job: Job) -> dict:
+    return {o.lstrip("+~").partition("=")[0]: o.partition("=")[2] for o in job.overrides}
 
 
 def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[str]]:
@@ -323,14 +355,17 @@ def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[st
     return list(rows.values()), sorted(common)
 
 
-def report(folders, out_dir) -> dict:
+def report(folders, out_dir, baseline: str | None = None) -> dict:
     """Read the multirun folders, check they share one protocol, write report.md, report.csv
-    (the table's cells) and results.csv (their numbers: setting, row, column, mean, std, n)
-    under out_dir; returns {header, rows, failed, common, protocol, paths, values}."""
+    (the table's cells), results.csv (their numbers: setting, row, column, mean, std, n), and
+    `comparisons.sections`' study.csv, jobs.csv and figures under out_dir; returns {header,
+    rows, failed, common, protocol, paths, values, summary, comparisons, claims}."""
+    from facediff.evaluation import comparisons
+
     jobs = [j for f in folders for j in read_jobs(f)]
     if not jobs:
         raise ValueError(f"{', '.join(map(str, folders))}: no job folders found")
-    protocol = check_protocols(jobs)
+    protocol = check_protocols(jobs, comparisons.study_key(jobs, "row_options") or [])
     same = same_options(jobs)
     rows, common = group(jobs, same)
     runs = [(r.setting, [j.metrics for j in r.jobs]) for r in rows]
@@ -367,6 +402,11 @@ def report(folders, out_dir) -> dict:
     notes += code_notes(jobs)
     if failed:
         notes.append("Failed jobs (no readable metrics.json): " + "; ".join(why) + ".")
+    row_options = [
+        comparisons.options(_setting_overrides(r.jobs[0], set(common), same)) for r in rows
+    ]
+    extra = comparisons.sections(rows, row_options, jobs, out, baseline)
+    notes += extra["markdown"]
     (out / "report.md").write_text("\n".join(md + notes) + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -383,35 +423,14 @@ def report(folders, out_dir) -> dict:
         "failed": failed,
         "common": common,
         "protocol": protocol,
-        "paths": [str(out / "report.md"), str(out / "report.csv"), str(out / "results.csv")],
+        "paths": [str(out / "report.md"), str(out / "report.csv"), str(out / "results.csv")]
+        + extra["paths"],
         "values": values,
+        "summary": extra["summary"],
+        "comparisons": extra["comparisons"],
+        "claims": extra["claims"],
         "markdown": "\n".join(md + notes),
     }
-
-
-def code_notes(jobs: list[Job]) -> list[str]:
-    """The facediff versions the finished jobs were measured with (metrics.json's `code`), with
-    their job counts, and the jobs whose checkout changed under the running process (`code` !=
-    `code_loaded`: configs read on code imported earlier). Nothing where no job recorded one
-    (metrics.json written before facediff recorded it)."""
-    done = [j for j in jobs if j.metrics is not None and "code" in j.metrics]
-    if not done:
-        return []
-    counts = Counter(j.metrics["code"] for j in done)  # in order of first appearance
-    lines = ["Code: " + ", ".join(f"{v} ({n} jobs)" for v, n in counts.items()) + "."]
-    if len(done) < len([j for j in jobs if j.metrics is not None]):
-        lines[0] = lines[0][:-1] + "; the other finished jobs did not record theirs."
-    mixed = [
-        str(j.folder)
-        for j in done
-        if j.metrics.get("code_loaded", j.metrics["code"]) != j.metrics["code"]
-    ]
-    if mixed:
-        lines.append(
-            "The checkout changed while these jobs ran (their process had imported other code "
-            "than the configs it then read): " + ", ".join(mixed) + "."
-        )
-    return lines
 
 
 __all__ = [

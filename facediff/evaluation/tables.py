@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
@@ -42,11 +43,21 @@ COLUMNS = [
 
 def markdown_table(rows: dict) -> str:
     """The paper's Table 4 columns (FID, KID, attribute acc., mask acc., mIoU, diversity);
-    a column only where some row has it. * = the domain extractor."""
+    a column only where some row has it. * = the domain extractor. FID and FID* carry their
+    bootstrap interval over the samples where the protocol computed one: 143.2 [131.0, 160.4]."""
     cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
     lines = ["| | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+
+    def cell(r, k, fmt, scale):
+        if k not in r:
+            return "-"
+        text = fmt.format(r[k] * scale)
+        if f"{k}_ci_low" in r:
+            text += f" [{fmt.format(r[f'{k}_ci_low'])}, {fmt.format(r[f'{k}_ci_high'])}]"
+        return text
+
     for name, r in rows.items():
-        cells = [fmt.format(r[k] * scale) if k in r else "-" for k, _, fmt, scale in cols]
+        cells = [cell(r, k, fmt, scale) for k, _, fmt, scale in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -157,14 +168,49 @@ def markdown_lines(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def log_study_to_wandb(result: dict, project: str = "facediff", offline: bool = True) -> str:
-    """A study's table as a wandb.Table in a run of its own (job_type=report); returns its
-    folder."""
+    """A study's table as a wandb.Table in a run of its own (job_type=report), with its
+    numeric summary (intervals), its claims' verdicts and its figures; returns its folder."""
     import wandb
 
     run = wandb.init(
         project=project, job_type="report", mode="offline" if offline else "online", reinit=True
     )
-    run.log({"study": wandb.Table(columns=result["header"], data=result["rows"])})
+    logged = {"study": wandb.Table(columns=result["header"], data=result["rows"])}
+    for key in ("summary", "claims"):
+        lines = [{k: v for k, v in d.items() if not isinstance(v, list)} for d in result[key]]
+        if lines:
+            columns = list(dict.fromkeys(k for d in lines for k in d))
+            data = [[d.get(c) for c in columns] for d in lines]
+            logged[key] = wandb.Table(columns=columns, data=data)
+    for path in result["paths"]:
+        if path.endswith(".png"):
+            logged[f"figures/{Path(path).stem}"] = wandb.Image(path)
+    run.log(logged)
     folder = run.dir
     run.finish()
     return folder
+
+
+def code_notes(jobs) -> list[str]:
+    """The facediff versions the finished jobs were measured with (metrics.json's `code`), with
+    their job counts, and the jobs whose checkout changed under the running process (`code` !=
+    `code_loaded`: configs read on code imported earlier). Nothing where no job recorded one
+    (metrics.json written before facediff recorded it)."""
+    done = [j for j in jobs if j.metrics is not None and "code" in j.metrics]
+    if not done:
+        return []
+    counts = Counter(j.metrics["code"] for j in done)  # in order of first appearance
+    lines = ["Code: " + ", ".join(f"{v} ({n} jobs)" for v, n in counts.items()) + "."]
+    if len(done) < len([j for j in jobs if j.metrics is not None]):
+        lines[0] = lines[0][:-1] + "; the other finished jobs did not record theirs."
+    mixed = [
+        str(j.folder)
+        for j in done
+        if j.metrics.get("code_loaded", j.metrics["code"]) != j.metrics["code"]
+    ]
+    if mixed:
+        lines.append(
+            "The checkout changed while these jobs ran (their process had imported other code "
+            "than the configs it then read): " + ", ".join(mixed) + "."
+        )
+    return lines

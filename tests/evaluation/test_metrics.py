@@ -70,6 +70,9 @@ def test_fid_matches_an_independent_frechet_distance():
         ff = ext(to_uint8(fake)).double().numpy()
     fid = feature_distances(real, fake, ext, 50, 16)["fid"]
     assert fid == pytest.approx(frechet(fr, ff), rel=2e-3)
+    # with its bootstrap interval over the generated samples, from the same features
+    d = feature_distances(real, fake, ext, 50, 16, bootstrap_rounds=50)
+    assert d["fid"] == fid and d["fid_ci_low"] < fid < d["fid_ci_high"]
 
 
 def test_kid_domain_is_the_cubic_kernel_mmd_on_features_of_norm_sqrt_d():

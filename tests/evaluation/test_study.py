@@ -447,14 +447,113 @@ def test_not_a_multirun_folder(tmp_path):
 def test_the_table_goes_to_wandb_as_a_table(tmp_path):
     """facediff-report DIR --wandb, as a user runs it (its own process: W&B's global state
     stays out of the test process)."""
-    a = sweep_dir(tmp_path, "a")
-    job(a, 0, ["conditioner=attr", "seed=0"], {"attr_acc": 0.8})
+    a = claim_study(tmp_path / "sweeps", CLAIMS)
     env = dict(os.environ, WANDB_DIR=str(tmp_path), WANDB_MODE="offline")
     # as the console script runs it: sys.exit(main()) must exit 0
     script = "import sys; from facediff.cli.report import main; sys.exit(main())"
     cmd = [sys.executable, "-c", script, str(a), "--wandb"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "| conditioner=attr | 1/1 |" in run.stdout and "W&B table:" in run.stdout
+    assert "| experiment=attr | 3/3 |" in run.stdout and "W&B table:" in run.stdout
     tables = list(tmp_path.rglob("study_*.table.json"))
     assert tables and json.loads(tables[0].read_text())["columns"][:2] == ["setting", "jobs"]
+    claims = json.loads(next(tmp_path.rglob("claims_*.table.json")).read_text())
+    verdicts = [row[claims["columns"].index("verdict")] for row in claims["data"]]
+    assert verdicts == ["held", "inconclusive"]
+    assert list(tmp_path.rglob("metrics_*.png")), "the figure of metrics by setting"
+
+
+def claim_study(tmp_path, claims=None) -> Path:
+    """attr and multi, 3 seeds each: multi's mIoU 0.10 higher on every seed (plus noise), its
+    FID about the same; the study config declares `claims`."""
+    sweep = sweep_dir(tmp_path, "study")
+    noise = [0.01, -0.02, 0.015]
+    for i, (setting, seed) in enumerate((s, d) for s in ("attr", "multi") for d in range(3)):
+        up = 0.10 if setting == "multi" else 0.0
+        scores = {
+            "miou": 0.3 + up + noise[seed] + (0.004 * seed if up else 0),
+            "fid": 100.0 + 3 * noise[seed] * 100 * (1 if up else -1),
+            "fid_ci_low": 90.0,
+            "fid_ci_high": 110.0,
+        }
+        job(sweep, i, [f"experiment={setting}", f"seed={seed}"], scores)
+        config = {"claims": claims or []}
+        (sweep / str(i) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return sweep
+
+
+CLAIMS = [
+    {"name": "mc raises mIoU", "setting": "experiment=multi", "baseline": "experiment=attr",
+     "metric": "miou", "expect": "higher"},
+    {"name": "mc lowers FID", "setting": "experiment=multi", "baseline": "experiment=attr",
+     "metric": "fid", "expect": "lower"},
+]  # fmt: skip
+
+
+def test_intervals_paired_differences_and_computed_verdicts(tmp_path):
+    from scipy import stats
+
+    sweep = claim_study(tmp_path, CLAIMS)
+    out = report_main([str(sweep), "--baseline", "experiment=attr", "--out", str(tmp_path / "o")])
+    attr, multi = out["summary"]
+    m_attr = [0.31, 0.28, 0.315]
+    lo, hi = stats.t.interval(0.95, 2, loc=statistics.mean(m_attr), scale=stats.sem(m_attr))
+    assert attr["n"] == 3 and attr["experiment"] == "attr"
+    assert (attr["miou_ci_low"], attr["miou_ci_high"]) == pytest.approx((lo, hi))
+    by_name = {c["name"]: c for c in out["claims"]}
+    raise_miou = by_name["mc raises mIoU"]
+    diffs = [0.10, 0.104, 0.108]
+    lo, hi = stats.t.interval(0.95, 2, loc=statistics.mean(diffs), scale=stats.sem(diffs))
+    assert raise_miou["n"] == 3 and raise_miou["mean"] == pytest.approx(0.104)
+    assert (raise_miou["ci_low"], raise_miou["ci_high"]) == pytest.approx((lo, hi))
+    assert raise_miou["verdict"] == "held" and raise_miou["detectable"] > 0
+    assert by_name["mc lowers FID"]["verdict"] == "inconclusive"
+    against = {(c["setting"], c["metric"]) for c in out["comparisons"]}
+    assert against == {("experiment=multi", "miou"), ("experiment=multi", "fid")}
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| mc raises mIoU | experiment=multi | experiment=attr | mIoU | 3 |" in md
+    assert "**held**" in md and "**inconclusive**" in md
+    import csv
+
+    with open(tmp_path / "o" / "study.csv") as f:
+        line = next(csv.DictReader(f))
+    assert float(line["miou_mean"]) == pytest.approx(statistics.mean(m_attr))
+    assert {"fid_mean", "fid_std", "fid_ci_low", "fid_ci_high", "n", "experiment"} <= set(line)
+    with open(tmp_path / "o" / "jobs.csv") as f:
+        jobs = list(csv.DictReader(f))
+    assert len(jobs) == 6 and jobs[0]["fid_ci_low"] == "90.0"
+    assert (tmp_path / "o" / "metrics.png").stat().st_size > 1000
+
+
+def test_a_baseline_no_row_has_is_named(tmp_path, capsys):
+    sweep = claim_study(tmp_path)
+    with pytest.raises(SystemExit):
+        report_main([str(sweep), "--baseline", "experiment=mask"])
+    assert "--baseline 'experiment=mask': no row has these options" in capsys.readouterr().err
+
+
+def test_figures_of_different_sample_counts_are_refused_unless_declared(tmp_path):
+    """Two folders scored on 16 and 8 conditions (each set on its command line) are refused by
+    name; a study that declares num_conditions a row option gets its rows."""
+    a, b = sweep_dir(tmp_path, "a"), sweep_dir(tmp_path, "b")
+    for folder, n in ((a, 16), (b, 8)):
+        job(folder, 0, [f"evaluation.num_conditions={n}", "seed=0"], {"fid": 50.0},
+            PROTOCOL | {"num_conditions": n})  # fmt: skip
+    with pytest.raises(ValueError, match="evaluation.num_conditions differs: 16 in .* but 8"):
+        report([a, b], tmp_path / "out")
+    for folder in (a, b):
+        config = {"row_options": ["evaluation.num_conditions"]}
+        (folder / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    out = report([a, b], tmp_path / "out")
+    assert [r[0] for r in out["rows"]] == [
+        "evaluation.num_conditions=16",
+        "evaluation.num_conditions=8",
+    ]
+
+
+def test_figures_scored_at_two_resolutions_are_refused(tmp_path):
+    a = sweep_dir(tmp_path, "a")
+    for i, r in enumerate((32, 64)):
+        job(a, i, [f"data.resolution={r}", "seed=0"], {"fid": 50.0})
+    with pytest.raises(ValueError, match="data.resolution differs: 32 in .* but 64"):
+        report([a], tmp_path / "out")

@@ -1,0 +1,336 @@
+"""facediff-report's numbers with their uncertainty, on top of the rows `study.group` makes.
+
+- `summary`: a line per setting: one column per swept option, n, and per metric its mean, std
+  and 95% interval over seeds (study.csv, and the Markdown rendered from it);
+- `job_lines`: a line per job with FID and FID*'s bootstrap intervals over its samples;
+- `compare`: each setting against a baseline, paired by seed: the difference, its interval and
+  the smallest difference the seeds could have detected;
+- `claims`: the study's declared claims (`claims:` in its config) with a computed verdict;
+- `figures`: each metric by setting with its intervals, and the learning curves, as PNGs.
+
+The arithmetic is in `facediff.evaluation.statistics`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import yaml
+
+from facediff.evaluation.statistics import paired, t_interval, verdict
+from facediff.evaluation.tables import OWN
+
+# key, label, scale for printing, the better direction
+METRICS = [
+    ("fid", "FID", 1, "lower"),
+    ("fid_domain", "FID*", 1, "lower"),
+    ("kid", "KID x100", 100, "lower"),
+    ("kid_domain", "KID* x100", 100, "lower"),
+    ("attr_acc", "attribute acc.", 100, "higher"),
+    ("mask_acc", "mask acc.", 100, "higher"),
+    ("miou", "mIoU", 100, "higher"),
+    ("diversity", "diversity", 1, "higher"),
+]
+LABELS = {k: (label, scale) for k, label, scale, _ in METRICS}
+
+
+def options(setting_overrides: list[str]) -> dict:
+    """{key: value} of a row's overrides (`+`/`~` dropped)."""
+    out = {}
+    for o in setting_overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        out[key] = value
+    return out
+
+
+def by_seed(row, key: str) -> dict:
+    """{seed: value} of a metric over a row's finished jobs (the own-conditions row)."""
+    out = {}
+    for job in row.jobs:
+        value = (job.metrics or {}).get("rows", {}).get(OWN, {}).get(key)
+        if value is not None:
+            out[job.seed if job.seed is not None else str(job.folder)] = float(value)
+    return out
+
+
+def present(rows) -> list[str]:
+    return [k for k, *_ in METRICS if any(by_seed(r, k) for r in rows)]
+
+
+def summary(rows, row_options: list[dict]) -> tuple[list[str], list[dict]]:
+    """study.csv's columns and lines: the swept options, n, and per metric mean, std, ci_low,
+    ci_high over seeds (numbers, not strings)."""
+    swept = sorted({k for o in row_options for k in o})
+    metrics = present(rows)
+    columns = ["setting", *swept, "n"]
+    columns += [f"{m}_{s}" for m in metrics for s in ("mean", "std", "ci_low", "ci_high")]
+    lines = []
+    for row, opts in zip(rows, row_options):
+        line = {"setting": row.setting, **{k: opts.get(k) for k in swept}}
+        line["n"] = sum(j.metrics is not None for j in row.jobs)
+        for m in metrics:
+            t = t_interval(by_seed(row, m).values())
+            line |= {f"{m}_{s}": t[s] for s in ("mean", "std", "ci_low", "ci_high")}
+        lines.append(line)
+    return columns, lines
+
+
+def _fmt(value, scale: float, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def summary_markdown(columns: list[str], lines: list[dict]) -> list[str]:
+    """The setting table rendered from study.csv's numbers: mean [95% interval] per metric."""
+    metrics = [c.removesuffix("_mean") for c in columns if c.endswith("_mean")]
+    out = ["| setting | n | " + " | ".join(LABELS[m][0] for m in metrics) + " |"]
+    out.append("|---" * (len(metrics) + 2) + "|")
+    for line in lines:
+        cells = []
+        for m in metrics:
+            scale = LABELS[m][1]
+            cell = _fmt(line[f"{m}_mean"], scale)
+            if line[f"{m}_ci_low"] is not None:
+                cell += (
+                    f" [{_fmt(line[f'{m}_ci_low'], scale)}, {_fmt(line[f'{m}_ci_high'], scale)}]"
+                )
+            cells.append(cell)
+        out.append(f"| {line['setting']} | {line['n']} | " + " | ".join(cells) + " |")
+    return out
+
+
+def job_lines(rows) -> list[dict]:
+    """A line per finished job: FID and FID* with their bootstrap intervals over the samples,
+    KID and KID* with their std over subsets."""
+    keys = ("fid", "fid_ci_low", "fid_ci_high", "fid_domain", "fid_domain_ci_low")
+    keys += ("fid_domain_ci_high", "kid", "kid_std", "kid_domain", "kid_domain_std")
+    out = []
+    for row in rows:
+        for job in row.jobs:
+            if job.metrics is None:
+                continue
+            own = job.metrics["rows"].get(OWN, {})
+            line = {"setting": row.setting, "seed": job.seed, "folder": str(job.folder)}
+            out.append(line | {k: own.get(k) for k in keys})
+    return out
+
+
+def _match(opts: dict, spec: dict) -> bool:
+    return all(opts.get(k) == v for k, v in spec.items())
+
+
+def _partner(rows, row_options, opts: dict, baseline: dict):
+    """The row whose options are `opts` with `baseline`'s values in place (same variant, same
+    other options), or None."""
+    want = opts | baseline
+    for row, o in zip(rows, row_options):
+        if o == want:
+            return row
+    return None
+
+
+def _comparison(row, base, metric: str) -> dict:
+    a, b = by_seed(row, metric), by_seed(base, metric)
+    p = paired(a, b)
+    p["unpaired_seeds"] = sorted(set(a) ^ set(b), key=str)
+    return p
+
+
+def compare(rows, row_options, baseline: dict) -> list[dict]:
+    """Every row that is not a baseline row against the baseline row that differs from it only
+    in `baseline`'s options: per metric, the paired difference over the seeds both ran."""
+    out = []
+    for row, opts in zip(rows, row_options):
+        if _match(opts, baseline):
+            continue
+        base = _partner(rows, row_options, opts, baseline)
+        if base is None:
+            continue
+        for metric in present([row, base]):
+            out.append({"setting": row.setting, "baseline": base.setting, "metric": metric})
+            out[-1] |= _comparison(row, base, metric)
+    return out
+
+
+def _check_claim(claim: dict, where: Path) -> dict:
+    need = {"name", "setting", "baseline", "metric", "expect"}
+    missing = need - set(claim)
+    if missing:
+        raise ValueError(f"{where}: claim {claim}: missing {sorted(missing)}")
+    if claim["metric"] not in LABELS:
+        raise ValueError(f"{where}: claim {claim['name']!r}: metric {claim['metric']!r}, "
+                         f"expected one of {sorted(LABELS)}")  # fmt: skip
+    return claim | {"margin": float(claim.get("margin", 0.0))}
+
+
+def claims(rows, row_options, declared: list[dict]) -> list[dict]:
+    """A verdict per declared claim and matching pair of rows (one per evaluation variant)."""
+    out = []
+    for claim in declared:
+        setting, base = options(claim["setting"].split()), options(claim["baseline"].split())
+        found = False
+        for row, opts in zip(rows, row_options):
+            if not _match(opts, setting):
+                continue
+            partner = _partner(rows, row_options, opts, base)
+            if partner is None:
+                continue
+            found = True
+            p = _comparison(row, partner, claim["metric"])
+            v = verdict(p["ci_low"], p["ci_high"], claim["expect"], claim["margin"])
+            out.append(claim | {"row": row.setting, "row_baseline": partner.setting} | p)
+            out[-1]["verdict"] = v
+        if not found:
+            out.append(claim | {"verdict": "not run (no pair of rows matches)", "n": 0})
+    return out
+
+
+def comparison_markdown(items: list[dict], title: str) -> list[str]:
+    if not items:
+        return []
+    head = "| claim | " if "verdict" in items[0] else "| "
+    out = ["", f"**{title}** (paired by seed; 95% interval; detectable: the smallest true "
+           "difference the seeds find with 80% power)", "",  # fmt: skip
+           head + "setting | baseline | metric | n | difference [95% interval] | detectable |"
+           + (" verdict |" if "verdict" in items[0] else ""),
+           "|---" * (7 if "verdict" in items[0] else 6) + "|"]  # fmt: skip
+    for c in items:
+        scale = LABELS[c["metric"]][1]
+        diff = _fmt(c.get("mean"), scale)
+        if c.get("ci_low") is not None:
+            diff += f" [{_fmt(c['ci_low'], scale)}, {_fmt(c['ci_high'], scale)}]"
+        cells = [c.get("row", c["setting"]), c.get("row_baseline", c["baseline"])]
+        cells += [LABELS[c["metric"]][0], str(c.get("n", 0)), diff]
+        cells.append(_fmt(c.get("detectable"), scale))
+        if "verdict" in c:
+            cells = [c["name"], *cells, f"**{c['verdict']}**"]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def write_csv(path: Path, columns: list[str], lines: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(lines)
+
+
+def figures(rows, lines: list[dict], out: Path) -> list[str]:
+    """metrics.png (each metric by setting: seeds as dots, the mean with its 95% interval) and
+    curves.png (fidelity/* against step from each job's CSV log, seeds as thin lines, the mean
+    thick), next to report.md; the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in present(rows)]
+    paths = []
+    if metrics:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            label, scale = LABELS[m]
+            for i, (row, line) in enumerate(zip(rows, lines)):
+                seeds = list(by_seed(row, m).values())
+                ax.plot([i] * len(seeds), [v * scale for v in seeds], "o", ms=3, alpha=0.5)
+                if line[f"{m}_ci_low"] is not None:
+                    mean = line[f"{m}_mean"] * scale
+                    err = [[mean - line[f"{m}_ci_low"] * scale],
+                           [line[f"{m}_ci_high"] * scale - mean]]  # fmt: skip
+                    ax.errorbar([i], [mean], yerr=err, fmt="s", color="k", capsize=3)
+            ax.set_title(label)
+            ax.set_xticks(range(len(rows)), [str(i + 1) for i in range(len(rows))])
+            ax.set_xlabel("setting (report.md's order)")
+        fig.tight_layout()
+        fig.savefig(out / "metrics.png", dpi=100)
+        plt.close(fig)
+        paths.append(str(out / "metrics.png"))
+    curves = {row.setting: [_curve(j.folder) for j in row.jobs] for row in rows}
+    keys = sorted({k for cs in curves.values() for c in cs for k in c})
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            for i, cs in enumerate(curves.values()):
+                color = f"C{i % 10}"
+                for c in cs:
+                    if key in c:
+                        ax.plot(*zip(*c[key]), color=color, lw=0.7, alpha=0.5)
+                ax.plot([], [], color=color, label=str(i + 1))
+            ax.set_title(key)
+            ax.set_xlabel("step")
+        axes[0][-1].legend(fontsize=6, title="setting")
+        fig.tight_layout()
+        fig.savefig(out / "curves.png", dpi=100)
+        plt.close(fig)
+        paths.append(str(out / "curves.png"))
+    return paths
+
+
+def _curve(job: Path) -> dict:
+    """{fidelity/<metric>: [(step, value), ...]} from a job's CSV logger file (the job folder,
+    or the training job above an evaluation variant's folder); {} where there is none."""
+    for folder in (job, job.parent, job.parent.parent):
+        files = sorted(folder.glob("csv/version_*/metrics.csv"))
+        if files:
+            break
+    else:
+        return {}
+    out: dict = {}
+    with open(files[-1]) as f:
+        for line in csv.DictReader(f):
+            for key, value in line.items():
+                if key and key.startswith("fidelity/") and value not in ("", None):
+                    out.setdefault(key, []).append((int(line["step"]), float(value)))
+    return out
+
+
+__all__ = [
+    "claims",
+    "compare",
+    "figures",
+    "job_lines",
+    "options",
+    "sections",
+    "study_key",
+    "summary",
+    "summary_markdown",
+]
+
+
+def study_key(jobs, key: str):
+    """A study config's `key` (claims:, row_options:) from the first job's .hydra/config.yaml
+    that sets it; None where none does."""
+    for job in jobs:
+        for folder in (job.folder, job.folder.parent):
+            config = folder / ".hydra" / "config.yaml"
+            if config.is_file():
+                value = (yaml.safe_load(config.read_text()) or {}).get(key)
+                if value:
+                    return value
+    return None
+
+
+def sections(rows, row_options, jobs, out: Path, baseline: str | None) -> dict:
+    """Everything above for report(): study.csv, jobs.csv, the comparisons against
+    `baseline` (overrides, e.g. "experiment=attr"), the claims' verdicts, the figures; their
+    Markdown lines and paths."""
+    columns, lines = summary(rows, row_options)
+    write_csv(out / "study.csv", columns, lines)
+    per_job = job_lines(rows)
+    if per_job:
+        write_csv(out / "jobs.csv", list(per_job[0]), per_job)
+    base = options(baseline.split()) if baseline else None
+    if base and not any(_match(o, base) for o in row_options):
+        known = "; ".join(r.setting for r in rows)
+        raise ValueError(f"--baseline {baseline!r}: no row has these options (rows: {known})")
+    compared = compare(rows, row_options, base) if base else []
+    declared = [_check_claim(c, Path("claims")) for c in study_key(jobs, "claims") or []]
+    verdicts = claims(rows, row_options, declared)
+    md = ["", "**Settings** (mean [95% interval] over seeds; n = seeds; study.csv)", ""]
+    md += summary_markdown(columns, lines)
+    md += comparison_markdown(verdicts, "Claims")
+    md += comparison_markdown(compared, f"Against the baseline {baseline}")
+    paths = [str(out / "study.csv")] + ([str(out / "jobs.csv")] if per_job else [])
+    paths += figures(rows, lines, out)
+    return {"markdown": md, "summary": lines, "comparisons": compared, "claims": verdicts,
+            "paths": paths}  # fmt: skip
