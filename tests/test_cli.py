@@ -303,7 +303,7 @@ def test_sweep_value_reads_a_metric_or_the_evaluation_and_names_what_is_missing(
         sweep_value({"val/loss": 0.5}, "report/miou")
 
 
-def test_paper_scale_bench_rows(tmp_path, data_dir):
+def test_paper_scale_bench_rows(tmp_path):
     """bench.what=[paper]: a row per model and precision with the full step's samples/s, its
     FLOPs per sample (the same at two batch sizes: counted, not estimated), the utilisation
     against the matmul peak it measured, and sampling images/s per step count."""
@@ -318,11 +318,11 @@ def test_paper_scale_bench_rows(tmp_path, data_dir):
     cfg = compose(
         "bench",
         [
-            f"paths.data_dir={data_dir}",
+            f"paths.data_dir={tmp_path / 'data'}",  # its own: 48 faces at the demo's 32 px
             f"paths.output_dir={tmp_path}",
             "bench.what=[paper]",
             "bench.device=cpu",
-            "bench.paper_base=['data.source.num_faces=48','data.verify_hash=false']",
+            "bench.paper_base=['data.source.num_faces=48','data.source.num_workers=1']",
             "bench.paper_precisions=[fp32]",
             "bench.paper_steps=1",
             "bench.paper_warmup=0",
