@@ -16,6 +16,7 @@ from PIL import Image
 
 from facediff import checkpoint, editing
 from facediff.conditions import label_map, same_as, values_batch
+from facediff.data.labels import NUM_MASK_CLASSES
 from facediff.lit.diffusion import LatentDiffusion
 from facediff.lit.diffusion import model_from_checkpoint as build_model
 from facediff.precision import resolve_device
@@ -113,8 +114,9 @@ class FaceGenerator:
         Args:
             attributes: {name: value}: 1 or True present; 0, -1 (CelebA's notation) or False
                 absent; None, or a name not given, unknown.
-            mask: label map (H, W) of integers 0..18 as an array, tensor or PNG path, at the
-                model's resolution (or any size with `resize_mask=True`: nearest neighbour).
+            mask: label map (H, W) of the model's data's classes (0..18 for faces) as an array,
+                tensor or PNG path, at the model's resolution (or any size with
+                `resize_mask=True`: nearest neighbour).
             control: control metadata {name: value} (`facediff.data.CONTROL_NAMES`, e.g.
                 {"flip": 1}) over the median of the model's training data.
         """
@@ -127,6 +129,7 @@ class FaceGenerator:
             resize_mask,
             control,
             self.model.data_info.get("control_default"),
+            len(self.model.data_info.get("mask_classes") or ()) or NUM_MASK_CLASSES,
         )
 
     def _same_noise_run(self, mask, seed, num_inference_steps, num_steps, guidance_scale):

@@ -18,9 +18,12 @@ from facediff.data.labels import CONTROL_NAMES, NUM_MASK_CLASSES
 CONTROL_DEFAULT = (0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 
 
-def label_map(mask, res: int, resize: bool = False) -> torch.Tensor:
-    """A (res, res) long tensor of labels 0..18 from an array, tensor or PNG path; any other size
-    only with `resize=True` (nearest neighbour). Errors name the input and what was expected."""
+def label_map(
+    mask, res: int, resize: bool = False, num_classes: int = NUM_MASK_CLASSES
+) -> torch.Tensor:
+    """A (res, res) long tensor of labels 0..num_classes-1 (the model's data: 19 face classes,
+    24 DeepFashion ones) from an array, tensor or PNG path; any other size only with
+    `resize=True` (nearest neighbour). Errors name the input and what was expected."""
     where = f"mask={mask}" if isinstance(mask, (str, Path)) else "mask"
     if isinstance(mask, (str, Path)):
         try:
@@ -33,12 +36,12 @@ def label_map(mask, res: int, resize: bool = False) -> torch.Tensor:
         raise ValueError(f"{where}: expected a (H, W) label map, got shape {tuple(m.shape)}")
     if m.dtype.is_floating_point:
         if not torch.isfinite(m).all() or not torch.equal(m, m.round()):
-            raise ValueError(f"{where}: labels must be integers 0..{NUM_MASK_CLASSES - 1}")
+            raise ValueError(f"{where}: labels must be integers 0..{num_classes - 1}")
     elif m.dtype == torch.bool:
         raise ValueError(f"{where}: a boolean array, expected integer labels")
-    if m.min() < 0 or m.max() >= NUM_MASK_CLASSES:
+    if m.min() < 0 or m.max() >= num_classes:
         raise ValueError(
-            f"{where}: labels {int(m.min())}..{int(m.max())}, expected 0..{NUM_MASK_CLASSES - 1}"
+            f"{where}: labels {int(m.min())}..{int(m.max())}, expected 0..{num_classes - 1}"
         )
     m = m.long()
     if m.shape != (res, res):
@@ -71,13 +74,14 @@ def values_batch(
     resize_mask: bool = False,
     control: dict | None = None,
     control_default=None,
+    num_classes: int = NUM_MASK_CLASSES,
 ) -> dict:
     """The batch dict for one condition repeated `num_samples` times.
 
     attributes: {name: value}: 1 or True present; 0, -1 (CelebA's notation) or False absent;
         None, or a name not given, unknown.
-    mask: label map (H, W) of integers 0..18 (`label_map`); None: all background (and the
-        caller drops the mask condition).
+    mask: label map (H, W) of integers 0..num_classes-1 (`label_map`); None: all background
+        (and the caller drops the mask condition).
     control: {name: value} over `control_default` (the model's training median; else
         `CONTROL_DEFAULT`), names from `CONTROL_NAMES`, e.g. {"flip": 1}.
     """
@@ -106,7 +110,7 @@ def values_batch(
         vector[CONTROL_NAMES.index(name)] = float(value)
     batch = {"attrs": attrs, "attrs_known": known, "control": vector.expand(n, -1).clone()}
     if mask is not None:
-        batch["mask"] = label_map(mask, res, resize_mask).expand(n, -1, -1).clone()
+        batch["mask"] = label_map(mask, res, resize_mask, num_classes).expand(n, -1, -1).clone()
     else:
         batch["mask"] = torch.zeros(n, res, res, dtype=torch.long)
     return batch

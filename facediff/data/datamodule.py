@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from facediff.data.labels import select_attributes
+from facediff.data.labels import FLIP_PAIRS, flip_lut, select_attributes
 from facediff.data.latents import open_latents
 from facediff.data.prepared import BadInputError, PreparedDataset, data_lock, prepare
 from facediff.data.transforms import hflip, hflip_crop, to_float
@@ -30,8 +30,10 @@ class FaceDataset(Dataset):
         indices: np.ndarray,
         attr_index: list[int],
         latents: np.ndarray | None = None,
+        flip_lut: torch.Tensor | None = None,
     ):
         self.data, self.indices, self.attr_index = data, np.asarray(indices), attr_index
+        self.flip_lut = flip_lut  # the data set's left/right swap (None: the face's)
         self.latents = latents  # (N, 2, C, h, w): cached first-stage latents, plain and mirrored
 
     def __len__(self) -> int:
@@ -45,7 +47,7 @@ class FaceDataset(Dataset):
         mask = torch.from_numpy(np.array(arr["masks"][i])).long() if "masks" in arr else None
         crop = arr["crop"][i].astype(np.float32)
         if flip:
-            image, mask = hflip(image, mask)
+            image, mask = hflip(image, mask, self.flip_lut)
             crop = hflip_crop(crop)
         h, w = arr["source_hw"][i]
         control = np.concatenate([[float(flip)], crop, [h / 1024.0, w / 1024.0]])
@@ -156,6 +158,7 @@ class FaceDataModule(L.LightningDataModule):
         raw_dir: str | None = None,
         attributes: list[str] | None = None,
         num_attributes: int | None = None,
+        num_mask_classes: int | None = None,
         require_masks: bool = False,
         batch_size: int = 32,
         val_batch_size: int | None = None,
@@ -170,6 +173,7 @@ class FaceDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.resolution, self.source, self.raw_dir = resolution, source, raw_dir
         self.attributes, self.num_attributes = attributes, num_attributes
+        self.num_mask_classes = num_mask_classes
         self.require_masks = require_masks
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.flip_p, self.seed = num_workers, flip_p, seed
@@ -261,6 +265,15 @@ class FaceDataModule(L.LightningDataModule):
                 f"{self.root}: the {self.data.meta['source']} data set has no masks, but the "
                 "model is conditioned on masks; choose a conditioner without a mask encoder"
             )
+        classes = self.data.meta["mask_classes"]
+        if self.data.has_masks and self.num_mask_classes not in (None, len(classes)):
+            raise BadInputError(
+                f"data.num_mask_classes={self.num_mask_classes} but {self.root / 'meta.json'} "
+                f"has {len(classes)} mask classes ({', '.join(classes[:4])}, ...); set "
+                f"data.num_mask_classes={len(classes)} (the model is built for that count)"
+            )
+        pairs = self.data.meta.get("flip_pairs", FLIP_PAIRS)  # folders from before: faces
+        self.flip_lut = torch.from_numpy(flip_lut(classes, pairs)) if classes else None
         where = f"data.attributes (data set {self.root})"
         self.attr_index = select_attributes(self.data.attr_names, self.attributes, where)
         if self.num_attributes is not None and self.num_attributes != len(self.attr_index):
@@ -301,7 +314,9 @@ class FaceDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> FaceDataset:
         self.setup()
-        return FaceDataset(self.data, self.data.split(split), self.attr_index, self.latents)
+        return FaceDataset(
+            self.data, self.data.split(split), self.attr_index, self.latents, self.flip_lut
+        )
 
     # ------------------------------------------------------------------------------ loaders
     def _loader(self, split: str, train: bool) -> DataLoader:

@@ -26,11 +26,12 @@ FLIP_PAIRS: tuple[tuple[str, str], ...] = (
 )
 
 
-def flip_lut() -> np.ndarray:
-    """Look-up table mapping each label to its label after a horizontal flip."""
-    lut = np.arange(NUM_MASK_CLASSES, dtype=np.int64)
-    for a, b in FLIP_PAIRS:
-        ia, ib = MASK_CLASSES.index(a), MASK_CLASSES.index(b)
+def flip_lut(classes=MASK_CLASSES, pairs=FLIP_PAIRS) -> np.ndarray:
+    """Look-up table mapping each label to its label after a horizontal flip: the class
+    vocabulary and its left/right pairs of a data set (the face's by default)."""
+    lut = np.arange(len(classes), dtype=np.int64)
+    for a, b in pairs:
+        ia, ib = list(classes).index(a), list(classes).index(b)
         lut[ia], lut[ib] = ib, ia
     return lut
 

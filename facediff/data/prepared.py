@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from facediff.data.labels import MASK_CLASSES
+from facediff.data.labels import FLIP_PAIRS, MASK_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,11 @@ def prepare(
         "resolution": r,
         "num_items": len(kept),
         "has_masks": bool(source.has_masks),
-        "mask_classes": list(MASK_CLASSES) if source.has_masks else [],
+        # the source's vocabulary (the face's unless it has its own)
+        "mask_classes": list(getattr(source, "mask_classes", MASK_CLASSES))
+        if source.has_masks
+        else [],
+        "flip_pairs": [list(p) for p in getattr(source, "flip_pairs", FLIP_PAIRS)],
         "attr_names": list(source.attr_names),
         "splits": new_splits,
         "item_names": [Path(source.item_name(i)).name for i in kept],

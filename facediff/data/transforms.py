@@ -23,11 +23,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def hflip(image: torch.Tensor, mask: torch.Tensor | None):
-    """Mirror an image (..., H, W) and its label map, swapping the left/right classes."""
+def hflip(image: torch.Tensor, mask: torch.Tensor | None, lut: torch.Tensor | None = None):
+    """Mirror an image (..., H, W) and its label map, swapping the left/right classes (`lut`:
+    the data set's `labels.flip_lut`; the face's by default)."""
     image = image.flip(-1)
     if mask is not None:
-        mask = _FLIP_LUT.to(mask.device)[mask.flip(-1)]
+        mask = (_FLIP_LUT if lut is None else lut).to(mask.device)[mask.flip(-1)]
     return image, mask
 
 

@@ -219,15 +219,13 @@ def figures(rows, lines: list[dict], out: Path) -> list[str]:
     """metrics.png (each metric by setting: seeds as dots, the mean with its 95% interval) and
     curves.png (fidelity/* against step from each job's CSV log, seeds as thin lines, the mean
     thick), next to report.md; the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it was
 
     metrics = [m for m in present(rows)]
     paths = []
     if metrics:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+        axes = fig.subplots(1, len(metrics), squeeze=False)
         for ax, m in zip(axes[0], metrics):
             label, scale = LABELS[m]
             for i, (row, line) in enumerate(zip(rows, lines)):
@@ -243,12 +241,12 @@ def figures(rows, lines: list[dict], out: Path) -> list[str]:
             ax.set_xlabel("setting (report.md's order)")
         fig.tight_layout()
         fig.savefig(out / "metrics.png", dpi=100)
-        plt.close(fig)
         paths.append(str(out / "metrics.png"))
     curves = {row.setting: [_curve(j.folder) for j in row.jobs] for row in rows}
     keys = sorted({k for cs in curves.values() for c in cs for k in c})
     if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+        fig = Figure(figsize=(3.6 * len(keys), 3.2))
+        axes = fig.subplots(1, len(keys), squeeze=False)
         for ax, key in zip(axes[0], keys):
             for i, cs in enumerate(curves.values()):
                 color = f"C{i % 10}"
@@ -261,7 +259,6 @@ def figures(rows, lines: list[dict], out: Path) -> list[str]:
         axes[0][-1].legend(fontsize=6, title="setting")
         fig.tight_layout()
         fig.savefig(out / "curves.png", dpi=100)
-        plt.close(fig)
         paths.append(str(out / "curves.png"))
     return paths
 

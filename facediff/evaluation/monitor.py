@@ -110,7 +110,9 @@ class FidelityMonitor(L.Callback):
         import wandb
 
         labels, _ = read_images(images, self.parser, self.classifier, names)
-        classes = dict(enumerate(MASK_CLASSES))
+        data = getattr(getattr(trainer, "datamodule", None), "data", None)
+        vocabulary = data.meta.get("mask_classes") if data is not None else None
+        classes = dict(enumerate(vocabulary or MASK_CLASSES))  # the data's classes
         pictures, data = to_numpy_images(images), []
         for i, picture in enumerate(pictures):
             layers = {}

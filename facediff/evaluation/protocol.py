@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from facediff.data.batch import condition_batch, repeat_batch, to_device
+from facediff.data.labels import MASK_CLASSES, NUM_MASK_CLASSES
 from facediff.data.transforms import to_float, to_uint8
 from facediff.diffusion.solvers import sampler_option
 from facediff.evaluation.evaluator_cache import evaluators
@@ -58,7 +59,9 @@ def score(images: torch.Tensor, cond: dict, parser, classifier, names) -> dict:
     out = {}
     labels, pred = read_images(images, parser if "mask" in cond else None, classifier, names)
     if labels is not None:
-        out.update(mask_scores(labels, cond["mask"]))
+        out.update(
+            mask_scores(labels, cond["mask"], parser.hparams.get("num_labels", NUM_MASK_CLASSES))
+        )
     out.update(attribute_scores(pred, cond["attrs"], cond["attrs_known"], names))
     return out
 
@@ -131,6 +134,11 @@ def flip_check(model, datamodule, parser, classifier, p) -> dict:
         raise ValueError(
             f"evaluation.flip_check=true: {datamodule.root} has no masks to train a face "
             "parser on, and the check reads the layout with one"
+        )
+    if list(datamodule.data.meta["mask_classes"]) != list(MASK_CLASSES):
+        raise ValueError(
+            f"evaluation.flip_check=true: {datamodule.root} is not face data (its mask classes "
+            "are not CelebAMask-HQ's), and the check reads where the face is"
         )
     cond = condition_batch(datamodule, p["split"], p["num_conditions"], model)
     cond = {k: v for k, v in cond.items() if k != "image"}

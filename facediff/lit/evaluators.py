@@ -114,8 +114,9 @@ class AttributeClassifier(L.LightningModule):
 
 
 class FaceParser(L.LightningModule):
-    """19-class face parser: SegFormer (transformers) with random init, or from a local folder
-    (`pretrained`: the encoder's weights, a new 19-class head; the size options are then unused).
+    """The mask parser (the data set's classes, `num_labels`: 19 for faces, 24 for
+    DeepFashion): SegFormer (transformers) with random init, or from a local folder
+    (`pretrained`: the encoder's weights, a new head; the size options are then unused).
     `strides` (2, 2, 2, 2) keeps small images' detail (logits at half resolution)."""
 
     requires = frozenset({"mask"})  # the data module must provide masks
@@ -129,6 +130,7 @@ class FaceParser(L.LightningModule):
         decoder_hidden_size: int = 256,
         lr: float = 1e-3,
         pretrained: str | None = None,
+        num_labels: int = NUM_MASK_CLASSES,
     ):
         super().__init__()
         hidden_sizes, depths, strides, sr_ratios = (  # plain tuples: safe to load (weights_only)
@@ -145,7 +147,7 @@ class FaceParser(L.LightningModule):
                 SegformerForSemanticSegmentation,
                 pretrained,
                 "model.pretrained",
-                num_labels=NUM_MASK_CLASSES,
+                num_labels=num_labels,
                 ignore_mismatched_sizes=True,
             )
             guard_strided_convs(self)
@@ -153,7 +155,7 @@ class FaceParser(L.LightningModule):
         n = len(hidden_sizes)
         config = SegformerConfig(
             num_channels=3,
-            num_labels=NUM_MASK_CLASSES,
+            num_labels=num_labels,
             num_encoder_blocks=n,
             hidden_sizes=list(hidden_sizes),
             depths=list(depths),
