@@ -120,6 +120,7 @@ def feature_distances(
             torch.cat(feats[True]).numpy(), torch.cat(feats[False]).numpy(), bootstrap_rounds
         )
         out |= {"fid_ci_low": boot["ci_low"], "fid_ci_high": boot["ci_high"]}
+        out["fid_boot_bias"] = boot["bias"]  # the resamples' mean above the estimate
     return out
 
 

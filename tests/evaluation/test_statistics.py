@@ -31,8 +31,10 @@ def test_bootstrap_fid_and_each_resample_match_scipy_sqrtm():
     assert out["fid"] == pytest.approx(frechet(real, fake), rel=1e-6)
     rng = np.random.default_rng(3)  # the same resamples, scored the textbook way
     draws = [frechet(real, fake[rng.integers(0, len(fake), len(fake))]) for _ in range(60)]
-    lo, hi = np.quantile(draws, [0.025, 0.975])
+    fid = frechet(real, fake)  # the interval: the estimate plus the draws' centred quantiles
+    lo, hi = fid + np.quantile(np.array(draws) - np.mean(draws), [0.025, 0.975])
     assert (out["ci_low"], out["ci_high"]) == pytest.approx((lo, hi), rel=1e-5)
+    assert out["bias"] == pytest.approx(np.mean(draws) - fid, rel=1e-5)
     assert out["ci_low"] < out["fid"] < out["ci_high"]
 
 
