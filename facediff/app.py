@@ -51,7 +51,7 @@ def labels_from_colours(rgb: np.ndarray, where: str) -> np.ndarray:
     """An (H, W, 3) image coloured with MASK_PALETTE -> labels; other colours are an error."""
     flat = rgb.reshape(-1, 3).astype(np.int64)
     codes = flat @ np.array([65536, 256, 1])
-    palette = MASK_PALETTE.astype(np.int64) @ np.array([65536, 256, 1])
+    palette = MASK_PALETTE[:NUM_MASK_CLASSES].astype(np.int64) @ np.array([65536, 256, 1])
     lut = {int(c): i for i, c in enumerate(palette)}
     unknown = sorted(set(np.unique(codes).tolist()) - set(lut))
     if unknown:
@@ -128,7 +128,7 @@ def painted_mask(value, res: int) -> torch.Tensor:
         raise MaskError("painted: nothing painted yet (choose a starting mask, then paint)")
     rgb = np.asarray(Image.fromarray(np.asarray(image).astype(np.uint8)).convert("RGB"))
     rgb = np.asarray(Image.fromarray(rgb).resize((res, res), Image.NEAREST)).astype(np.int64)
-    dist = ((rgb[:, :, None, :] - MASK_PALETTE.astype(np.int64)) ** 2).sum(-1)
+    dist = ((rgb[:, :, None, :] - MASK_PALETTE[:NUM_MASK_CLASSES].astype(np.int64)) ** 2).sum(-1)
     return torch.as_tensor(dist.argmin(-1)).long()
 
 
@@ -265,7 +265,10 @@ class FaceApp:
                     upload = gr.File(label="upload a mask PNG", type="filepath", elem_id="upload")
                     resize = gr.Checkbox(False, label="resize an upload to the model's size")
                     start = self.masks[0] if self.masks else torch.zeros(self.res, self.res)
-                    colours = ["#" + bytes(int(v) for v in c).hex() for c in MASK_PALETTE]
+                    colours = [
+                        "#" + bytes(int(v) for v in c).hex()
+                        for c in MASK_PALETTE[:NUM_MASK_CLASSES]
+                    ]
                     painted = gr.ImageEditor(
                         value=np.asarray(upscaled(colorize(start.long()), 8)),
                         label="paint by class (starts from the validation item)",

@@ -205,3 +205,11 @@ def test_a_data_module_built_for_other_classes_is_refused(raw, tmp_path):
     item = dm.dataset("train")[(0, True)]  # flipped: no left/right classes, labels kept
     plain = dm.dataset("train")[(0, False)]
     assert (item["mask"] == plain["mask"].flip(-1)).all()
+
+
+def test_every_person_class_has_its_own_colour():
+    """Sample grids colour the mask: DeepFashion's 24 classes, 24 distinct colours."""
+    from facediff.visualize import colorize
+
+    colours = colorize(np.arange(24)[None])[0]
+    assert colours.shape == (24, 3) and len({tuple(c) for c in colours}) == 24
