@@ -51,29 +51,42 @@ TINY_DIT = [
 ]
 
 
-def experiment_denoiser(name: str) -> str | None:
-    """The denoiser an experiment file selects (`override /denoiser: ...`), if any."""
+def experiment_override(name: str, group: str = "denoiser") -> str | None:
+    """The option of `group` an experiment file selects (`override /<group>: ...`), through
+    the experiments it builds on, if any."""
     import yaml
 
     path = Path(__file__).parents[1] / "conf" / "experiment" / f"{name}.yaml"
-    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
-        if isinstance(entry, dict) and "override /denoiser" in entry:
-            return entry["override /denoiser"]
+    entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+    for entry in entries:
+        if isinstance(entry, dict) and f"override /{group}" in entry:
+            return entry[f"override /{group}"]
+    for entry in entries:  # `- demo`: an experiment it builds on
+        if isinstance(entry, str) and (path.parent / f"{entry}.yaml").is_file():
+            return experiment_override(entry, group)
     return None
+
+
+# TINY's data.source options are SynthFaces'; SynthPeople (data=synthpeople) takes these
+TINY_PEOPLE = ["data.source.num_people=48"]
 
 
 def tiny(overrides) -> list[str]:
     """TINY, with the DiT's shrunk options in place of the UNet's for `denoiser=dit_*` (given,
     or selected by the experiment)."""
-    names = [
-        experiment_denoiser(o.split("=", 1)[1]) for o in overrides if o.startswith("experiment=")
-    ]
+    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    names = [experiment_override(e) for e in experiments]
     names = [n for n in names if n] + [
         o.split("=", 1)[1] for o in overrides if o.startswith("denoiser=")
     ]
+    tiny = TINY
     if names and names[-1].startswith("dit"):
-        return [o for o in TINY if not o.startswith("denoiser.")] + TINY_DIT
-    return TINY
+        tiny = [o for o in TINY if not o.startswith("denoiser.")] + TINY_DIT
+    data = [experiment_override(e, "data") for e in experiments]
+    data += [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    if data and data[-1] == "synthpeople":
+        tiny = [o for o in tiny if not o.startswith("data.source.")] + TINY_PEOPLE
+    return tiny
 
 
 @pytest.fixture(scope="session")

@@ -113,3 +113,28 @@ def test_every_study_names_its_grid_and_every_setting_builds():
         for values in itertools.product(*(grid[k] for k in keys)):
             point = [f"{k}={v}" for k, v in zip(keys, values)]
             instantiate(compose("train", [f"+study={study}", *point]).model)
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_claim_names_points_of_its_study(study):
+    """A study's declared claims compare points of its own grid (a swept value or an
+    evaluation variant's option), and name a metric and an expectation facediff-report knows:
+    a typo would leave a claim "not run" for ever."""
+    from facediff.evaluation.comparisons import LABELS
+    from facediff.evaluation.statistics import EXPECTATIONS
+    from facediff.evaluation.study import override_value
+
+    cfg = compose("train", [f"+study={study}"])
+    claims = OmegaConf.to_container(cfg).get("claims") or []
+    params = OmegaConf.load(Path(__file__).parents[2] / "conf" / "study" / f"{study}.yaml")
+    points = {
+        f"{k}={v.strip()}"
+        for k, values in (params.hydra.sweeper.params or {}).items()
+        for v in str(values).split(",")
+    }
+    for options in (cfg.evaluation.get("variants") or {}).values():
+        points |= {f"evaluation.{k}={override_value(v)}" for k, v in options.items()}
+    for claim in claims:
+        for side in ("setting", "baseline"):
+            assert set(claim[side].split()) <= points, (study, claim["name"], side)
+        assert claim["metric"] in LABELS and claim["expect"] in EXPECTATIONS, claim["name"]
