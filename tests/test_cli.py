@@ -381,3 +381,36 @@ def test_gpu_check_dry_run_installs_the_wheels_and_passes(tmp_path):
     assert sorted(result["installed_wheels"])[0].startswith("antlr4_python3_runtime")
     assert all(s["ok"] for s in result["steps"].values())
     assert result["bench"]["rows"][0]["train_samples_s"] > 0
+
+
+@pytest.mark.slow
+def test_paper_scale_bench_compiles_and_reuses_the_eager_flop_count(tmp_path):
+    """bench.paper_compile=true (what a CUDA machine runs by default): a compiled row after
+    each eager one, its FLOPs per sample those counted on the eager row (the FLOP counter does
+    not see inside a compiled graph)."""
+    from facediff.cli.bench import bench
+
+    tiny_dit = "'denoiser.hidden_size=32','denoiser.depth=1','denoiser.num_heads=2'"
+    model = f"{{name:dit,overrides:['denoiser=dit_s',{tiny_dit}],latent:[4,4,8],batch_cuda:2,batch_cpu:2}}"
+    cfg = compose(
+        "bench",
+        [
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.output_dir={tmp_path}",
+            "bench.what=[paper]",
+            "bench.device=cpu",
+            "bench.paper_compile=true",
+            "bench.paper_base=['data.source.num_faces=48','data.source.num_workers=1']",
+            "bench.paper_precisions=[fp32]",
+            "bench.paper_steps=1",
+            "bench.paper_warmup=0",
+            "bench.paper_sample_steps=[1]",
+            "bench.paper_sample_batch=2",
+            "bench.paper_matmul_sizes_cpu=[64]",
+            f"bench.paper_models=[{model}]",
+        ],
+    )
+    eager, compiled = bench(cfg)["paper"]["rows"]
+    assert (eager["compiled"], compiled["compiled"]) == (False, True)
+    assert compiled["train_flops_per_sample"] == eager["train_flops_per_sample"] > 0
+    assert compiled["train_samples_s"] > 0 and compiled["sample_1_steps_images_s"] > 0

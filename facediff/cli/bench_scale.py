@@ -111,8 +111,10 @@ def _rate(fn, n: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_row(spec, device, precision: str, compiled: bool, b, base=()) -> dict:
-    """One model at one precision, eager or compiled."""
+def bench_row(spec, device, precision: str, compiled: bool, b, base=(), flops=None) -> dict:
+    """One model at one precision, eager or compiled. `flops`: the step's FLOPs per sample,
+    counted on an eager row of the same model (a dispatch mode such as the FLOP counter does
+    not see inside a compiled graph); None: counted here (eager only)."""
     on_cuda = device.type == "cuda"
     batch_size = int(spec.batch_cuda if on_cuda else spec.batch_cpu)
     model, batch = build(spec, device, batch_size, base)
@@ -141,13 +143,17 @@ def bench_row(spec, device, precision: str, compiled: bool, b, base=()) -> dict:
     row["first_step_s"] = round(time.perf_counter() - t0, 2)
     for _ in range(b.paper_warmup):
         _train_step(model, batch, opt, autocast)
-    with FlopCounterMode(display=False) as counter:
-        _train_step(model, batch, opt, autocast)
-    flops = counter.get_total_flops()
+    if flops is None:
+        if compiled:
+            raise ValueError("bench_row: count the FLOPs on the eager model first")
+        with FlopCounterMode(display=False) as counter:
+            _train_step(model, batch, opt, autocast)
+        flops = counter.get_total_flops() / batch_size
     steps_s = _rate(lambda: _train_step(model, batch, opt, autocast), b.paper_steps, device)
     row["train_samples_s"] = round(steps_s * batch_size, 3)
-    row["train_gflop_per_sample"] = round(flops / batch_size / 1e9, 2)
-    row["train_tflops"] = round(flops * steps_s / 1e12, 4)
+    row["train_flops_per_sample"] = flops
+    row["train_gflop_per_sample"] = round(flops / 1e9, 2)
+    row["train_tflops"] = round(flops * steps_s * batch_size / 1e12, 4)
     if on_cuda:
         row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     model.eval()
@@ -184,9 +190,11 @@ def bench_paper_scale(b, base=()) -> dict:
         "rows": [],
     }
     for spec in b.paper_models:
+        flops = None  # per sample, counted on the first (eager) row of the model
         for precision in precisions:
             for compiled in compile_modes:
-                row = bench_row(spec, device, precision, compiled, b, base)
+                row = bench_row(spec, device, precision, compiled, b, base, flops)
+                flops = row["train_flops_per_sample"]
                 row["flop_utilisation"] = round(
                     row["train_tflops"] / out["matmul_peak_tflops"][precision], 4
                 )
