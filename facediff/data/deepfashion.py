@@ -22,12 +22,12 @@ its edge pixels and the parsing mask with background, so the whole person stays 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from facediff.data.celebamask import text_lines
 from facediff.data.prepared import BadInputError, Sample, random_split
 
 # the official label order of segm/*.png
@@ -78,7 +78,7 @@ def read_label_file(path: Path, fields, required: bool) -> dict[str, list[int]]:
             raise BadInputError(f"{path}: label file not found")
         return {}
     out = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -164,12 +164,10 @@ class DeepFashionMM:
         if not images_dir.is_dir():
             raise BadInputError(f"{images_dir}: images folder not found")
         shape = read_label_file(self.raw_dir / SHAPE_FILE, SHAPE_FIELDS, required=True)
-        fields3 = [(f"{g}", FABRICS) for g in GARMENTS]
-        fabric = read_label_file(self.raw_dir / FABRIC_FILE, fields3, required=False)
-        fields3 = [(f"{g}", PATTERNS) for g in GARMENTS]
-        pattern = read_label_file(self.raw_dir / PATTERN_FILE, fields3, required=False)
+        k = len(GARMENTS)  # TEXTURE_FIELDS: the fabric file's three fields, then the pattern's
+        fabric = read_label_file(self.raw_dir / FABRIC_FILE, TEXTURE_FIELDS[:k], required=False)
+        pattern = read_label_file(self.raw_dir / PATTERN_FILE, TEXTURE_FIELDS[k:], required=False)
         names = sorted(p.name for p in images_dir.glob("*.jpg"))
-        without_segm = [n for n in names if not self._segm(n).is_file()]
         with_segm = [n for n in names if self._segm(n).is_file()]
         without_labels = [n for n in with_segm if n not in shape]
         self.items = [n for n in with_segm if n in shape]
@@ -184,7 +182,7 @@ class DeepFashionMM:
         self.report = {
             "images": len(names),
             "kept": len(self.items),
-            "without_parsing_mask": len(without_segm),
+            "without_parsing_mask": len(names) - len(with_segm),
             "without_shape_labels": len(without_labels),
             "without_texture_labels": sum(n not in fabric or n not in pattern for n in self.items),
         }
@@ -228,10 +226,6 @@ class DeepFashionMM:
 
     def splits(self) -> dict[str, np.ndarray]:
         return random_split(len(self), self.train_size, self.val_size, self.seed, "data.source")
-
-
-def write_captions(raw_dir: Path, captions: dict) -> None:
-    (Path(raw_dir) / "captions.json").write_text(json.dumps(captions))
 
 
 __all__ = [
