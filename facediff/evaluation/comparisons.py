@@ -19,24 +19,14 @@ from pathlib import Path
 import yaml
 
 from facediff.evaluation.statistics import paired, t_interval, verdict
-from facediff.evaluation.tables import OWN
+from facediff.evaluation.tables import COLUMNS, OWN, with_interval
 
-# key, label, scale for printing, the better direction
-METRICS = [
-    ("fid", "FID", 1, "lower"),
-    ("fid_domain", "FID*", 1, "lower"),
-    ("kid", "KID x100", 100, "lower"),
-    ("kid_domain", "KID* x100", 100, "lower"),
-    ("attr_acc", "attribute acc.", 100, "higher"),
-    ("mask_acc", "mask acc.", 100, "higher"),
-    ("miou", "mIoU", 100, "higher"),
-    ("diversity", "diversity", 1, "higher"),
-]
-LABELS = {k: (label, scale) for k, label, scale, _ in METRICS}
+# the metrics and how they print: the protocol's table columns (tables.COLUMNS)
+LABELS = {k: (label, fmt, scale) for k, label, fmt, scale in COLUMNS}
 
 
 def options(setting_overrides: list[str]) -> dict:
-    """{key: value} of a row's overrides (`+`/`~` dropped)."""
+    """{key: value} of Hydra overrides (a job's, a row's, a claim's; `+`/`~` dropped)."""
     out = {}
     for o in setting_overrides:
         key, _, value = o.lstrip("+~").partition("=")
@@ -55,7 +45,7 @@ def by_seed(row, key: str) -> dict:
 
 
 def present(rows) -> list[str]:
-    return [k for k, *_ in METRICS if any(by_seed(r, k) for r in rows)]
+    return [k for k in LABELS if any(by_seed(r, k) for r in rows)]
 
 
 def summary(rows, row_options: list[dict]) -> tuple[list[str], list[dict]]:
@@ -76,25 +66,18 @@ def summary(rows, row_options: list[dict]) -> tuple[list[str], list[dict]]:
     return columns, lines
 
 
-def _fmt(value, scale: float, digits: int = 2) -> str:
-    return "-" if value is None else f"{value * scale:.{digits}f}"
-
-
 def summary_markdown(columns: list[str], lines: list[dict]) -> list[str]:
     """The setting table rendered from study.csv's numbers: mean [95% interval] per metric."""
     metrics = [c.removesuffix("_mean") for c in columns if c.endswith("_mean")]
     out = ["| setting | n | " + " | ".join(LABELS[m][0] for m in metrics) + " |"]
     out.append("|---" * (len(metrics) + 2) + "|")
     for line in lines:
-        cells = []
-        for m in metrics:
-            scale = LABELS[m][1]
-            cell = _fmt(line[f"{m}_mean"], scale)
-            if line[f"{m}_ci_low"] is not None:
-                cell += (
-                    f" [{_fmt(line[f'{m}_ci_low'], scale)}, {_fmt(line[f'{m}_ci_high'], scale)}]"
-                )
-            cells.append(cell)
+        cells = [
+            with_interval(
+                line[f"{m}_mean"], line[f"{m}_ci_low"], line[f"{m}_ci_high"], *LABELS[m][1:]
+            )
+            for m in metrics
+        ]
         out.append(f"| {line['setting']} | {line['n']} | " + " | ".join(cells) + " |")
     return out
 
@@ -195,13 +178,15 @@ def comparison_markdown(items: list[dict], title: str) -> list[str]:
            + (" verdict |" if "verdict" in items[0] else ""),
            "|---" * (7 if "verdict" in items[0] else 6) + "|"]  # fmt: skip
     for c in items:
-        scale = LABELS[c["metric"]][1]
-        diff = _fmt(c.get("mean"), scale)
-        if c.get("ci_low") is not None:
-            diff += f" [{_fmt(c['ci_low'], scale)}, {_fmt(c['ci_high'], scale)}]"
+        label, fmt, scale = LABELS[c["metric"]]
+        diff = with_interval(c.get("mean"), c.get("ci_low"), c.get("ci_high"), fmt, scale)
         cells = [c.get("row", c["setting"]), c.get("row_baseline", c["baseline"])]
-        cells += [LABELS[c["metric"]][0], str(c.get("n", 0)), diff]
-        cells.append(_fmt(c.get("detectable"), scale))
+        cells += [
+            label,
+            str(c.get("n", 0)),
+            diff,
+            with_interval(c.get("detectable"), fmt=fmt, scale=scale),
+        ]
         if "verdict" in c:
             cells = [c["name"], *cells, f"**{c['verdict']}**"]
         out.append("| " + " | ".join(cells) + " |")
@@ -227,7 +212,7 @@ def figures(rows, lines: list[dict], out: Path) -> list[str]:
         fig = Figure(figsize=(3.2 * len(metrics), 3.2))
         axes = fig.subplots(1, len(metrics), squeeze=False)
         for ax, m in zip(axes[0], metrics):
-            label, scale = LABELS[m]
+            label, _, scale = LABELS[m]
             for i, (row, line) in enumerate(zip(rows, lines)):
                 seeds = list(by_seed(row, m).values())
                 ax.plot([i] * len(seeds), [v * scale for v in seeds], "o", ms=3, alpha=0.5)

@@ -41,23 +41,28 @@ COLUMNS = [
 ]
 
 
+def with_interval(value, low=None, high=None, fmt: str = "{:.2f}", scale: float = 1) -> str:
+    """A cell as facediff's tables print it: the value scaled and formatted, its interval in
+    brackets where it has one (143.69 [132.03, 144.87]), "-" without a value."""
+    if value is None:
+        return "-"
+    text = fmt.format(value * scale)
+    if low is not None and high is not None:
+        text += f" [{fmt.format(low * scale)}, {fmt.format(high * scale)}]"
+    return text
+
+
 def markdown_table(rows: dict) -> str:
     """The paper's Table 4 columns (FID, KID, attribute acc., mask acc., mIoU, diversity);
     a column only where some row has it. * = the domain extractor. FID and FID* carry their
     bootstrap interval over the samples where the protocol computed one: 143.2 [131.0, 160.4]."""
     cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
     lines = ["| | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-
-    def cell(r, k, fmt, scale):
-        if k not in r:
-            return "-"
-        text = fmt.format(r[k] * scale)
-        if f"{k}_ci_low" in r:
-            text += f" [{fmt.format(r[f'{k}_ci_low'])}, {fmt.format(r[f'{k}_ci_high'])}]"
-        return text
-
     for name, r in rows.items():
-        cells = [cell(r, k, fmt, scale) for k, _, fmt, scale in cols]
+        cells = [
+            with_interval(r.get(k), r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high"), fmt, scale)
+            for k, _, fmt, scale in cols
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
