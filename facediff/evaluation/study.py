@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from facediff.evaluation import comparisons
 from facediff.evaluation.tables import code_notes, markdown_lines, study_table, study_values
 
 SEED_KEYS = ("seed",)
@@ -321,7 +322,7 @@ def check_protocols(jobs: list[Job], row_options=()) -> dict | None:
 def _check_resolution(done: list[Job], declared: set) -> None:
     values = {}
     for job in done:
-        value = options_of(job).get("data.resolution")
+        value = comparisons.options(job.overrides).get("data.resolution")
         values.setdefault(value, job.folder)
     if len(values) > 1 and "data.resolution" not in declared:
         (a, fa), (b, fb) = list(values.items())[:2]
@@ -330,10 +331,6 @@ def _check_resolution(done: list[Job], declared: set) -> None:
             "resolutions are not comparable (declare row_options: [data.resolution] in the "
             "study's config to make it a row setting)"
         )
-
-
-def options_of(job: Job) -> dict:
-    return {o.lstrip("+~").partition("=")[0]: o.partition("=")[2] for o in job.overrides}
 
 
 def group(jobs: list[Job], same: dict | None = None) -> tuple[list[Row], list[str]]:
@@ -360,8 +357,6 @@ def report(folders, out_dir, baseline: str | None = None) -> dict:
     (the table's cells), results.csv (their numbers: setting, row, column, mean, std, n), and
     `comparisons.sections`' study.csv, jobs.csv and figures under out_dir; returns {header,
     rows, failed, common, protocol, paths, values, summary, comparisons, claims}."""
-    from facediff.evaluation import comparisons
-
     jobs = [j for f in folders for j in read_jobs(f)]
     if not jobs:
         raise ValueError(f"{', '.join(map(str, folders))}: no job folders found")
