@@ -16,7 +16,7 @@ from PIL import Image
 
 from facediff import checkpoint, editing
 from facediff.conditions import label_map, same_as, values_batch
-from facediff.data.labels import NUM_MASK_CLASSES
+from facediff.data.labels import mask_vocabulary
 from facediff.lit.diffusion import LatentDiffusion
 from facediff.lit.diffusion import model_from_checkpoint as build_model
 from facediff.precision import resolve_device
@@ -129,7 +129,7 @@ class FaceGenerator:
             resize_mask,
             control,
             self.model.data_info.get("control_default"),
-            len(self.model.data_info.get("mask_classes") or ()) or NUM_MASK_CLASSES,
+            len(mask_vocabulary(self.model.data_info.get("mask_classes"))),
         )
 
     def _same_noise_run(self, mask, seed, num_inference_steps, num_steps, guidance_scale):

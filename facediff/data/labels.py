@@ -26,6 +26,12 @@ FLIP_PAIRS: tuple[tuple[str, str], ...] = (
 )
 
 
+def mask_vocabulary(classes) -> tuple[str, ...]:
+    """A data set's mask classes as recorded (meta.json, a checkpoint's data_info); the face's
+    where none are (a set or a checkpoint from before vocabularies were recorded)."""
+    return tuple(classes) if classes else MASK_CLASSES
+
+
 def flip_lut(classes=MASK_CLASSES, pairs=FLIP_PAIRS) -> np.ndarray:
     """Look-up table mapping each label to its label after a horizontal flip: the class
     vocabulary and its left/right pairs of a data set (the face's by default)."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from facediff import checkpoint
-from facediff.data.labels import NUM_MASK_CLASSES
+from facediff.data.labels import mask_vocabulary
 from facediff.data.prepared import data_lock
 from facediff.lit.evaluators import AttributeClassifier, FaceParser
 
@@ -33,11 +33,6 @@ EVALUATORS = {
 
 def evaluators_dir(datamodule, directory=None) -> Path:
     return Path(directory) if directory else Path(f"{datamodule.root}-evaluators")
-
-
-def num_classes(datamodule) -> int:
-    """The data set's mask classes (its meta.json), the face's for a set without masks."""
-    return len(datamodule.data.meta["mask_classes"]) or NUM_MASK_CLASSES
 
 
 def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
@@ -57,7 +52,7 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
         f"experiment={experiment}",
         f"data.resolution={datamodule.resolution}",
         # the data set's vocabulary: the parser's classes (19 faces, 24 DeepFashion)
-        f"data.num_mask_classes={num_classes(datamodule)}",
+        f"data.num_mask_classes={len(mask_vocabulary(datamodule.data.meta['mask_classes']))}",
         f"paths.output_dir={run_dir}",
         f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={min(100, steps)}",

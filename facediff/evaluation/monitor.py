@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from facediff.data.batch import condition_batch, to_device
-from facediff.data.labels import MASK_CLASSES
+from facediff.data.labels import mask_vocabulary
 from facediff.evaluation.evaluator_cache import evaluators
 from facediff.evaluation.protocol import read_images, roll, score
 from facediff.lit.diffusion import LatentDiffusion
@@ -111,8 +111,8 @@ class FidelityMonitor(L.Callback):
 
         labels, _ = read_images(images, self.parser, self.classifier, names)
         data = getattr(getattr(trainer, "datamodule", None), "data", None)
-        vocabulary = data.meta.get("mask_classes") if data is not None else None
-        classes = dict(enumerate(vocabulary or MASK_CLASSES))  # the data's classes
+        recorded = data.meta.get("mask_classes") if data is not None else None
+        classes = dict(enumerate(mask_vocabulary(recorded)))  # the data's classes
         pictures, data = to_numpy_images(images), []
         for i, picture in enumerate(pictures):
             layers = {}

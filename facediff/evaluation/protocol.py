@@ -209,7 +209,7 @@ def score_generated(directory, datamodule, parser, classifier, p, device="cpu") 
     domain = DomainFeatures(classifier)
     rounds = p.get("bootstrap_rounds", 0)
     d = feature_distances(real, fake, domain, kid_n, p["batch_size"], device, rounds)
-    own.update({f"{k.replace('fid', 'fid_domain', 1)}": v for k, v in d.items() if "fid" in k})
+    own.update({k.replace("fid", "fid_domain", 1): v for k, v in d.items() if "fid" in k})
     own.update({"kid_domain": d["kid"], "kid_domain_std": d["kid_std"]})
     if fid_feature is not None:
         d = feature_distances(real, fake, fid_feature, kid_n, p["batch_size"], device, rounds)
