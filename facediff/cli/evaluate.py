@@ -99,6 +99,7 @@ def evaluate(cfg: DictConfig) -> dict:
             protocol["evaluators_dir"],
             protocol["parser_steps"],
             protocol["classifier_steps"],
+            parser_experiment=protocol.get("parser_experiment"),
         )
         report = score_generated(
             images_dir, dm, parser, classifier, protocol, resolve_device(cfg.device)

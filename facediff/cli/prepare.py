@@ -39,7 +39,13 @@ def prepare(cfg: DictConfig) -> dict | None:
         from facediff.evaluation.evaluator_cache import evaluators, evaluators_dir
 
         e = cfg.evaluation
-        evaluators(datamodule, e.evaluators_dir, e.parser_steps, e.classifier_steps)
+        evaluators(
+            datamodule,
+            e.evaluators_dir,
+            e.parser_steps,
+            e.classifier_steps,
+            parser_experiment=e.get("parser_experiment"),
+        )
         print(f"evaluators ready in {evaluators_dir(datamodule, e.evaluators_dir)}")
     return report
 

@@ -56,17 +56,26 @@ def evaluators_for(cfg: DictConfig, evaluate: bool):
     wanted = []
     fidelity = (cfg.get("callbacks") or {}).get("fidelity")
     if fidelity and fidelity.get("every_n_steps"):
-        wanted.append((fidelity.evaluators_dir, fidelity.parser_steps, fidelity.classifier_steps))
+        wanted.append(
+            (
+                fidelity.evaluators_dir,
+                fidelity.parser_steps,
+                fidelity.classifier_steps,
+                fidelity.get("parser_experiment"),
+            )
+        )
     if evaluate:
         e = cfg.evaluation
-        wanted.append((e.evaluators_dir, e.parser_steps, e.classifier_steps))
+        wanted.append(
+            (e.evaluators_dir, e.parser_steps, e.classifier_steps, e.get("parser_experiment"))
+        )
     if not wanted:
         return None
 
     def ensure(datamodule) -> None:
-        for directory, parser_steps, classifier_steps in dict.fromkeys(wanted):
+        for directory, parser_steps, classifier_steps, recipe in dict.fromkeys(wanted):
             log.info("evaluators for %s (trained once, then cached)", datamodule.root)
-            evaluators(datamodule, directory, parser_steps, classifier_steps)
+            evaluators(datamodule, directory, parser_steps, classifier_steps, True, recipe)
 
     return ensure
 

@@ -21,6 +21,9 @@ import yaml
 from facediff.evaluation.statistics import paired, t_interval, verdict
 from facediff.evaluation.tables import COLUMNS, OWN, with_interval
 
+# the issue's goal for a training recipe: fractions of the real images' scores
+TIME_TO_QUALITY = {"attr_acc": 0.95, "miou": 0.90}
+
 # the metrics and how they print: the protocol's table columns (tables.COLUMNS)
 LABELS = {k: (label, fmt, scale) for k, label, fmt, scale in COLUMNS}
 
@@ -228,29 +231,59 @@ def figures(rows, lines: list[dict], out: Path) -> list[str]:
         fig.savefig(out / "metrics.png", dpi=100)
         paths.append(str(out / "metrics.png"))
     curves = {row.setting: [_curve(j.folder) for j in row.jobs] for row in rows}
-    keys = sorted({k for cs in curves.values() for c in cs for k in c})
-    if keys:
-        fig = Figure(figsize=(3.6 * len(keys), 3.2))
-        axes = fig.subplots(1, len(keys), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            for i, cs in enumerate(curves.values()):
-                color = f"C{i % 10}"
-                for c in cs:
-                    if key in c:
-                        ax.plot(*zip(*c[key]), color=color, lw=0.7, alpha=0.5)
-                ax.plot([], [], color=color, label=str(i + 1))
-            ax.set_title(key)
-            ax.set_xlabel("step")
-        axes[0][-1].legend(fontsize=6, title="setting")
-        fig.tight_layout()
-        fig.savefig(out / "curves.png", dpi=100)
-        paths.append(str(out / "curves.png"))
+    for x in ("step", "seconds"):  # curves.png against step, curves_time.png against time
+        fig = _curve_figure(curves, x)
+        if fig is not None:
+            name = "curves.png" if x == "step" else "curves_time.png"
+            fig.savefig(out / name, dpi=100)
+            paths.append(str(out / name))
     return paths
 
 
+def _curve_figure(curves: dict, x: str):
+    """fidelity/* of every setting (a colour; seeds thin, their mean thick where the seeds
+    measured at the same points) against `x`: "step", or "seconds" of training (time/train_s,
+    drawn in minutes) where the runs logged it; each metric's real-image ceiling
+    (fidelity/<metric>_real) dashed. None when there is nothing to draw."""
+    from matplotlib.figure import Figure
+
+    keys = sorted(
+        {k for cs in curves.values() for c in cs for k, pts in c.items()
+         if not k.endswith("_real") and any(p[x] is not None for p in pts)}
+    )  # fmt: skip
+    if not keys:
+        return None
+    fig = Figure(figsize=(3.6 * len(keys), 3.2))
+    axes = fig.subplots(1, len(keys), squeeze=False)
+    scale = 1 / 60 if x == "seconds" else 1
+    for ax, key in zip(axes[0], keys):
+        for i, cs in enumerate(curves.values()):
+            color = f"C{i % 10}"
+            runs = [[(p[x] * scale, p["value"]) for p in c.get(key, []) if p[x] is not None]
+                    for c in cs]  # fmt: skip
+            runs = [r for r in runs if r]
+            for r in runs:
+                ax.plot(*zip(*r), color=color, lw=0.7, alpha=0.5)
+            if len(runs) > 1 and x == "step" and len({tuple(p[0] for p in r) for r in runs}) == 1:
+                mean = [sum(vs) / len(vs) for vs in zip(*[[p[1] for p in r] for r in runs])]
+                ax.plot([p[0] for p in runs[0]], mean, color=color, lw=2)
+            for c in cs[:1]:
+                real = [p["value"] for p in c.get(f"{key}_real", [])]
+                if real:
+                    ax.axhline(real[-1], color=color, ls="--", lw=0.8)
+            ax.plot([], [], color=color, label=str(i + 1))
+        ax.set_title(key)
+        ax.set_xlabel("step" if x == "step" else "training time (min)")
+    axes[0][-1].legend(fontsize=6, title="setting")
+    fig.tight_layout()
+    return fig
+
+
 def _curve(job: Path) -> dict:
-    """{fidelity/<metric>: [(step, value), ...]} from a job's CSV logger file (the job folder,
-    or the training job above an evaluation variant's folder); {} where there is none."""
+    """{fidelity/<metric>: [{step, value, seconds}, ...]} from a job's CSV logger file (the
+    job folder, or the training job above an evaluation variant's folder); `seconds` is the
+    training time logged with the value (time/train_s; None where it was not). {} where there
+    is no log."""
     for folder in (job, job.parent, job.parent.parent):
         files = sorted(folder.glob("csv/version_*/metrics.csv"))
         if files:
@@ -258,12 +291,76 @@ def _curve(job: Path) -> dict:
     else:
         return {}
     out: dict = {}
-    with open(files[-1]) as f:
-        for line in csv.DictReader(f):
-            for key, value in line.items():
-                if key and key.startswith("fidelity/") and value not in ("", None):
-                    out.setdefault(key, []).append((int(line["step"]), float(value)))
+    for file in files:  # a resumed run logs into a new version: the versions in order
+        with open(file) as f:
+            for line in csv.DictReader(f):
+                seconds = line.get("time/train_s") or None
+                for key, value in line.items():
+                    if key and key.startswith("fidelity/") and value not in ("", None):
+                        out.setdefault(key, []).append(
+                            {
+                                "step": int(line["step"]),
+                                "value": float(value),
+                                "seconds": float(seconds) if seconds else None,
+                            }  # fmt: skip
+                        )
     return out
+
+
+def time_to_quality(curve: dict, targets: dict) -> dict:
+    """When one run's fidelity first reached `targets` ({metric: fraction of the real images'
+    score}, e.g. {"attr_acc": 0.95, "miou": 0.90}), all of them at one measurement: {"step",
+    "seconds"} of that measurement (None each if never), "reached" {metric: fraction of the
+    ceiling} there (or at the best measurement), and the ceilings. Needs the monitor's
+    fidelity/<metric>_real (facediff.evaluation.monitor)."""
+    ceilings = {}
+    for metric in targets:
+        real = curve.get(f"fidelity/{metric}_real")
+        if not real or not curve.get(f"fidelity/{metric}"):
+            return {}
+        ceilings[metric] = real[-1]["value"]
+    points = {}
+    for metric in targets:
+        for p in curve[f"fidelity/{metric}"]:
+            points.setdefault(p["step"], {"seconds": p["seconds"]})[metric] = (
+                p["value"] / ceilings[metric]
+            )
+    measured = [(step, p) for step, p in sorted(points.items()) if len(p) == len(targets) + 1]
+    if not measured:
+        return {}
+    for step, p in measured:
+        if all(p[m] >= t for m, t in targets.items()):
+            return {"step": step, "seconds": p["seconds"], "ceilings": ceilings,
+                    "reached": {m: p[m] for m in targets}}  # fmt: skip
+    step, best = max(measured, key=lambda sp: min(sp[1][m] / t for m, t in targets.items()))
+    return {"step": None, "seconds": None, "ceilings": ceilings,
+            "reached": {m: best[m] for m in targets}, "best_step": step}  # fmt: skip
+
+
+def time_to_quality_markdown(rows, targets: dict) -> list[str]:
+    """A line per job: when its fidelity reached `targets` of the real images' scores."""
+    lines = []
+    for row in rows:
+        for job in row.jobs:
+            t = time_to_quality(_curve(job.folder), targets)
+            if not t:
+                continue
+            want = " and ".join(f"{m} >= {f:.0%}" for m, f in targets.items())
+            got = ", ".join(
+                f"{m} {t['reached'][m]:.1%} of {t['ceilings'][m]:.3f}" for m in targets
+            )
+            if t["step"] is None:
+                when = f"not reached (best at step {t['best_step']}: {got})"
+            else:
+                minutes = f"{t['seconds'] / 60:.1f} min, " if t["seconds"] is not None else ""
+                when = f"{minutes}step {t['step']} ({got})"
+            lines.append(f"| {row.setting} | {job.seed or '-'} | {want} | {when} |")
+    if not lines:
+        return []
+    head = ["", "**Time to quality** (the fidelity monitor's measurements against the real "
+            "images' scores of the same items; training time without the measurements)", "",
+            "| setting | seed | target | reached at |", "|---|---|---|---|"]  # fmt: skip
+    return head + lines
 
 
 __all__ = [
@@ -276,6 +373,7 @@ __all__ = [
     "study_key",
     "summary",
     "summary_markdown",
+    "time_to_quality",
 ]
 
 
@@ -312,6 +410,7 @@ def sections(rows, row_options, jobs, out: Path, baseline: str | None) -> dict:
     md += summary_markdown(columns, lines)
     md += comparison_markdown(verdicts, "Claims")
     md += comparison_markdown(compared, f"Against the baseline {baseline}")
+    md += time_to_quality_markdown(rows, TIME_TO_QUALITY)
     paths = [str(out / "study.csv")] + ([str(out / "jobs.csv")] if per_job else [])
     paths += figures(rows, lines, out)
     return {"markdown": md, "summary": lines, "comparisons": compared, "claims": verdicts,

@@ -35,16 +35,20 @@ def evaluators_dir(datamodule, directory=None) -> Path:
     return Path(directory) if directory else Path(f"{datamodule.root}-evaluators")
 
 
-def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
+def train_evaluator(
+    name: str, datamodule, directory, steps: int, experiment: str | None = None
+) -> Path:
     """Train one evaluator with its facediff-train experiment (`experiment=eval_parser` or
-    `eval_classifier`) on `datamodule`, and cache its checkpoint as <directory>/<name>.ckpt
-    only once the run has completed its `steps`. An interrupted run leaves no cache entry; its
-    own last.ckpt (in <directory>/<name>_run/) is resumed by the next call."""
+    `eval_classifier`, or the recipe `experiment` names) on `datamodule`, and cache its
+    checkpoint as <directory>/<name>.ckpt only once the run has completed its `steps`. An
+    interrupted run leaves no cache entry; its own last.ckpt (in <directory>/<name>_run/) is
+    resumed by the next call."""
     from facediff.config import compose
     from facediff.data.datamodule import FaceDataModule
     from facediff.lit.training import fit
 
-    experiment, _ = EVALUATORS[name]
+    default, cls = EVALUATORS[name]
+    experiment = experiment or default
     directory = Path(directory)
     run_dir = directory / f"{name}_run"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -73,6 +77,12 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
             else:
                 shutil.rmtree(run_dir / "checkpoints")
     cfg = compose("train", overrides)
+    if not str(cfg.model.get("_target_", "")).endswith(f".{cls.__name__}"):
+        raise ValueError(
+            f"experiment={experiment}: not a {cls.__name__} recipe (its model is "
+            f"{cfg.model.get('_target_')}); the {name} is trained by experiment={default} or "
+            "an experiment built on it"
+        )
     train_items = len(datamodule.data.split("train"))
     if cfg.data.batch_size > train_items:  # a small data set: the whole train split a batch
         log.info("%s: batch %d for its %d train items", name, train_items, train_items)
@@ -105,11 +115,13 @@ def train_evaluator(name: str, datamodule, directory, steps: int) -> Path:
     return path
 
 
-def load_evaluator(name: str, path: Path, datamodule, steps: int):
+def load_evaluator(name: str, path: Path, datamodule, steps: int, experiment: str | None = None):
     """The cached evaluator at `path`, after checking what it was trained on against this
     data and protocol: a completed run (global_step == its max_steps == `steps`) of the
-    evaluator's experiment, on the same resolution and data content hash."""
-    experiment, cls = EVALUATORS[name]
+    evaluator's experiment (`experiment`, or its default), on the same resolution and data
+    content hash."""
+    default, cls = EVALUATORS[name]
+    experiment = experiment or default
     ckpt = checkpoint.load(path, f"a {cls.__name__} checkpoint")
     what = f"{cls.__name__} (facediff-train experiment={experiment})"
     try:
@@ -162,13 +174,16 @@ def evaluators(
     parser_steps: int = 300,
     classifier_steps: int = 300,
     train: bool = True,
+    parser_experiment: str | None = None,
 ):
     """(parser, classifier) for this prepared data set: <directory>/face_parser.ckpt and
     attribute_classifier.ckpt, trained there on first use (`train`; otherwise a missing one is
     an error) and checked when loaded (`load_evaluator`). The parser is None for data without
-    masks."""
+    masks. `parser_experiment`: the parser's recipe (default eval_parser; eval_parser64 at
+    64 px, where the small parts need the Dice loss)."""
     directory = evaluators_dir(datamodule, directory)
     out = []
+    recipes = {"face_parser": parser_experiment, "attribute_classifier": None}
     for name, steps in (("face_parser", parser_steps), ("attribute_classifier", classifier_steps)):
         if name == "face_parser" and not datamodule.has_masks:  # MAAD-Face: no masks to parse
             out.append(None)
@@ -183,8 +198,8 @@ def evaluators(
         if not path.is_file():  # parallel sweep jobs on new data: one trains it, the others wait
             with data_lock(directory / name):
                 if not path.is_file():  # not cached by another job meanwhile
-                    train_evaluator(name, datamodule, directory, steps)
-        out.append(load_evaluator(name, path, datamodule, steps))
+                    train_evaluator(name, datamodule, directory, steps, recipes[name])
+        out.append(load_evaluator(name, path, datamodule, steps, recipes[name]))
     parser, classifier = out
     classifier.columns(datamodule.attr_names, str(directory / "attribute_classifier.ckpt"))
     return parser, classifier

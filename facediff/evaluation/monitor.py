@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import lightning as L
 import numpy as np
@@ -27,7 +28,12 @@ class FidelityMonitor(L.Callback):
     not only the loss. On W&B the samples come too, as the table "fidelity/samples": each
     sample with its conditioning mask and the parser's reading of it as segmentation layers, and
     its condition's attributes as columns (1, 0, or empty where unknown). The evaluators are
-    the protocol's (`facediff.evaluation.evaluator_cache`), trained before fit when absent."""
+    the protocol's (`facediff.evaluation.evaluator_cache`), trained before fit when absent.
+
+    For a time-to-quality curve each measurement also logs fidelity/{metric}_real (the
+    evaluators on the real images of the same conditions: the ceiling) and time/train_s, the
+    seconds spent training so far without the measurements themselves; it is kept in the
+    checkpoint, so a resumed run's clock goes on where it stopped."""
 
     def __init__(
         self,
@@ -38,19 +44,49 @@ class FidelityMonitor(L.Callback):
         evaluators_dir: str | None = None,
         parser_steps: int = 300,
         classifier_steps: int = 300,
+        parser_experiment: str | None = None,
     ):
         self.every_n_steps, self.num_conditions = every_n_steps, num_conditions
         self.num_steps, self.seed, self.evaluators_dir = num_steps, seed, evaluators_dir
         self.parser_steps, self.classifier_steps = parser_steps, classifier_steps
+        self.parser_experiment = parser_experiment
         self.parser = self.classifier = None
         self._last_step = -1
+        self.train_seconds = 0.0  # up to the last measurement (or checkpoint)
+        self._clock: float | None = None  # perf_counter when train_seconds was last brought up
+        self._real: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self._seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+
+    def _seconds(self) -> float:
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.train_seconds += now - self._clock
+        self._clock = now
+        return self.train_seconds
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._clock = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._seconds()
+        self._clock = None
 
     def prepare(self, datamodule, train: bool = True) -> None:
         """Load the evaluators (facediff-train has trained them before fit; `train`: train
         them here when they are missing)."""
         if self.every_n_steps and self.parser is None:
             self.parser, self.classifier = evaluators(
-                datamodule, self.evaluators_dir, self.parser_steps, self.classifier_steps, train
+                datamodule,
+                self.evaluators_dir,
+                self.parser_steps,
+                self.classifier_steps,
+                train,
+                self.parser_experiment,
             )
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -87,6 +123,7 @@ class FidelityMonitor(L.Callback):
         ):
             return None
         self._last_step = trainer.global_step
+        train_seconds = self._seconds()
         dm = trainer.datamodule
         cond = condition_batch(dm, "val", self.num_conditions, pl_module)
         with pl_module.ema_weights():
@@ -98,8 +135,13 @@ class FidelityMonitor(L.Callback):
         keys = [k for k in ("attr_acc", "mask_acc", "miou") if k in own]
         metrics = {f"fidelity/{k}": own[k] for k in keys}
         metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
+        if self._real is None:  # the same items' real images: what the evaluators can reach
+            real = score(cond["image"], cond, self.parser, self.classifier, names)
+            self._real = {f"fidelity/{k}_real": real[k] for k in keys}
+        metrics |= self._real | {"time/train_s": train_seconds}
         log.info("fidelity at step %d: %s", trainer.global_step, metrics)
         self.log_samples(trainer, images, cond, names)
+        self._clock = time.perf_counter()  # the measurement is not training time
         return metrics
 
     def log_samples(self, trainer, images: torch.Tensor, cond: dict, names: list[str]) -> None:

@@ -319,7 +319,11 @@ def evaluate_model(
     p = {k: v for k, v in p.items() if k != "variants"}
     check_protocol(p)
     parser, classifier = evaluators(
-        datamodule, p["evaluators_dir"], p["parser_steps"], p["classifier_steps"]
+        datamodule,
+        p["evaluators_dir"],
+        p["parser_steps"],
+        p["classifier_steps"],
+        parser_experiment=p.get("parser_experiment"),
     )
     own_sampler = model.sampler  # evaluation.sampler switches it for this protocol only
     try:

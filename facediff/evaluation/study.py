@@ -290,6 +290,7 @@ def swept_options(jobs: list[Job]) -> set[str]:
 MEANING = (
     "split", "num_conditions", "diversity_conditions", "samples_per_condition", "inception",
     "kid_subset_size", "evaluators_dir", "parser_steps", "classifier_steps", "bootstrap_rounds",
+    "parser_experiment",
 )  # fmt: skip
 
 

@@ -118,6 +118,9 @@ class LastCheckpoint(L.Callback):
     when `trainer.max_steps` is reached, and on SIGINT or SIGTERM (then the run stops; the
     caller turns that into a non-zero exit). After an exception the previous one stands.
 
+    A run a callback stops at a step's end (trainer.max_time's Timer, which facediff's fit
+    places first) saves that step too.
+
     SIGINT gets a handler of its own (instead of a KeyboardInterrupt in the middle of a step);
     SIGTERM goes through Lightning's handler (`trainer.received_sigterm`). A second SIGINT
     stops at once."""
@@ -171,8 +174,10 @@ class LastCheckpoint(L.Callback):
         if why:
             self.save(trainer, why)
             trainer.should_stop = True
-        elif (self.every_n_steps and step % self.every_n_steps == 0) or (
-            trainer.max_steps > 0 and step >= trainer.max_steps
+        elif (
+            (self.every_n_steps and step % self.every_n_steps == 0)
+            or (trainer.max_steps > 0 and step >= trainer.max_steps)
+            or trainer.should_stop  # asked by a callback before this one (max_time's Timer)
         ):
             self.save(trainer)
 

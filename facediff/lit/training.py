@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -265,6 +265,9 @@ def fit(
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins
     )
+    # trainer.max_time's Timer first: the stop it asks for at a step's end is seen by
+    # LastCheckpoint at that step, and saved there (resumable exactly)
+    trainer.callbacks.sort(key=lambda c: not isinstance(c, Timer))
     fast = bool(cfg.trainer.get("fast_dev_run"))
     datamodule, model = build(cfg, datamodule, trainer, None if fast else before_fit)
     if ckpt_path:

@@ -20,7 +20,7 @@ from facediff.lit.evaluators import AttributeClassifier, FaceParser
 
 
 def logged(cfg) -> list[dict]:
-    path = next(Path(cfg.paths.output_dir).rglob("metrics.csv"))
+    path = sorted(Path(cfg.paths.output_dir).rglob("metrics.csv"))[-1]  # the newest version
     with open(path) as f:
         return list(csv.DictReader(f))
 
@@ -68,9 +68,8 @@ def test_evaluators_are_trained_once_and_reused(make_cfg, tmp_path):
 
 
 def test_fidelity_is_logged_during_training(make_cfg, tmp_path):
-    cfg = make_cfg(
+    options = (
         "conditioner=attr_mask_concat",
-        "trainer.max_steps=4",
         "callbacks.fidelity.every_n_steps=2",
         "callbacks.fidelity.num_conditions=3",
         "callbacks.fidelity.num_steps=2",
@@ -78,6 +77,7 @@ def test_fidelity_is_logged_during_training(make_cfg, tmp_path):
         "evaluation.parser_steps=2",
         "evaluation.classifier_steps=2",
     )
+    cfg = make_cfg(*options, "trainer.max_steps=4")
     train(cfg)
     rows = [r for r in logged(cfg) if r.get("fidelity/miou")]
     assert [int(r["step"]) for r in rows] == [1, 3]  # logged at global steps 2 and 4
@@ -85,6 +85,36 @@ def test_fidelity_is_logged_during_training(make_cfg, tmp_path):
         for key in ("attr_acc", "mask_acc", "miou", "miou_shuffled", "attr_acc_shuffled"):
             assert 0 <= float(r[f"fidelity/{key}"]) <= 1
     assert (tmp_path / "ev" / "face_parser.ckpt").is_file()
+
+    # the ceiling: the evaluators on the same items' real images, computed here by hand
+    from facediff.data.batch import condition_batch
+    from facediff.lit.training import build
+
+    dm, _ = build(cfg)
+    parser, classifier = evaluators(dm, tmp_path / "ev", parser_steps=2, classifier_steps=2)
+    real = condition_batch(dm, "val", 3)
+    with torch.no_grad():
+        labels = parser(real["image"]).argmax(1).numpy()
+        attrs = classifier(real["image"])[:, classifier.columns(dm.attr_names)].numpy() > 0
+    truth = real["mask"].numpy()
+    ious = [
+        ((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
+        for c in np.unique(truth)  # the classes present in the conditions
+    ]
+    known = real["attrs_known"].numpy()
+    correct = (attrs == (real["attrs"].numpy() > 0.5)) & known
+    has = known.any(0)  # the mean over attributes of each one's accuracy where it is known
+    accuracy = (correct.sum(0)[has] / known.sum(0)[has]).mean()
+    for r in rows:
+        assert float(r["fidelity/miou_real"]) == pytest.approx(np.mean(ious), abs=1e-6)
+        assert float(r["fidelity/attr_acc_real"]) == pytest.approx(accuracy, abs=1e-6)
+    # the training clock: positive, rising, and carried through the checkpoint
+    seconds = [float(r["time/train_s"]) for r in rows]
+    assert 0 < seconds[0] < seconds[1]
+    again = make_cfg(*options, "trainer.max_steps=6", "ckpt_path=last")
+    train(again)
+    resumed = [float(r["time/train_s"]) for r in logged(again) if r.get("time/train_s")]
+    assert resumed[-1] > seconds[1]
 
 
 def _folder(tmp_path, n=6, k=3, size=8):

@@ -557,3 +557,35 @@ def test_figures_scored_at_two_resolutions_are_refused(tmp_path):
         job(a, i, [f"data.resolution={r}", "seed=0"], {"fid": 50.0})
     with pytest.raises(ValueError, match="data.resolution differs: 32 in .* but 64"):
         report([a], tmp_path / "out")
+
+
+def test_time_to_quality_from_the_monitors_log(tmp_path):
+    """The fidelity monitor's log (fidelity/* with their real-image ceilings and time/train_s,
+    a resumed run in a second CSV version) gives curves against step and against time, and
+    the first measurement where every target fraction of the ceiling was reached."""
+    sweep = sweep_dir(tmp_path, "ttq")
+    job(sweep, 0, ["seed=0"], {"attr_acc": 0.8, "miou": 0.5})
+    head = "step,fidelity/attr_acc,fidelity/attr_acc_real,fidelity/miou,fidelity/miou_real,"
+    head += "time/train_s,train/loss\n"
+    logs = [  # attr 0.86/0.9 = 95.6% at step 199, but mIoU 0.5/0.6 = 83% there: not yet
+        "99,0.80,0.9,0.30,0.6,60.0,\n100,,,,,,0.5\n199,0.86,0.9,0.50,0.6,130.0,\n",
+        "299,0.85,0.9,0.55,0.6,200.0,\n399,0.88,0.9,0.56,0.6,270.0,\n",  # 94.4%: attr drops
+    ]
+    for version, rows in enumerate(logs):
+        folder = sweep / "0" / "csv" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(head + rows)
+    out = report([sweep], tmp_path / "o")
+    from facediff.evaluation.comparisons import _curve, time_to_quality
+
+    curve = _curve(sweep / "0")
+    assert [p["step"] for p in curve["fidelity/miou"]] == [99, 199, 299, 399]
+    t = time_to_quality(curve, {"attr_acc": 0.95, "miou": 0.90})
+    # 299: attr 0.85 / 0.9 = 94.4% < 95%; 399: 97.8% and 0.56 / 0.6 = 93.3%: the first
+    assert (t["step"], t["seconds"]) == (399, 270.0)
+    assert t["reached"] == pytest.approx({"attr_acc": 0.88 / 0.9, "miou": 0.56 / 0.6})
+    never = time_to_quality(curve, {"attr_acc": 0.99, "miou": 0.5})
+    assert never["step"] is None and never["best_step"] == 399
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "4.5 min, step 399 (attr_acc 97.8% of 0.900, miou 93.3% of 0.600)" in md
+    assert {Path(p).name for p in out["paths"]} >= {"curves.png", "curves_time.png"}

@@ -7,6 +7,7 @@ import signal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 
 class SendSignalAt(L.Callback):
@@ -18,6 +19,17 @@ class SendSignalAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class TimeUpAt(Timer):
+    """trainer.max_time's Timer (lightning's), its time up after training step `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(duration="00:01:00:00", interval="step")
+        self.step = step
+
+    def _check_time_remaining(self, trainer) -> None:
+        trainer.should_stop = trainer.should_stop or trainer.global_step >= self.step
 
 
 class RaiseAt(L.Callback):

@@ -39,6 +39,8 @@ STOPS = {
         "+callbacks.stop.signal_name=SIGINT",
     ],
     "exception": ["+callbacks.stop._target_=tests.lit.helpers.RaiseAt", "+callbacks.stop.step=5"],
+    # trainer.max_time: last.ckpt holds the step it stopped at (3, not 2)
+    "max_time": ["+callbacks.stop._target_=tests.lit.helpers.TimeUpAt", "+callbacks.stop.step=3"],
 }
 
 
@@ -62,11 +64,12 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("stop", list(STOPS))
 def test_resume_from_any_stop_continues_exactly(make_cfg, tmp_path, stop):
     """8 steps straight == stopped between validations (max_steps=3, SIGTERM or SIGINT after
-    step 3, an exception in step 6 with the last checkpoint at 4), then resumed to 8."""
+    step 3, trainer.max_time up after step 3, an exception in step 6 with the last checkpoint at
+    4), then resumed to 8."""
     straight = make_cfg(*RESUME, "trainer.max_steps=8", f"paths.output_dir={tmp_path / 's'}")
     train(straight)
     first = make_cfg(*RESUME, "trainer.max_steps=8", *STOPS[stop])
-    if stop == "max_steps":
+    if stop in ("max_steps", "max_time"):
         train(first)
     elif stop == "exception":
         with pytest.raises(RuntimeError, match="injected failure at step 5"):
