@@ -251,3 +251,20 @@ def test_evaluate_after_training_writes_the_report(make_cfg, tmp_path, capsys):
     assert len(list((out / "generated" / "samples").glob("*.png"))) == 3 + 2
     assert report["precision"]["training"] == cfg.trainer.precision != "auto"
     assert report["precision"]["reason"] == cfg.precision_reason
+
+
+def test_soft_dice_loss_against_a_hand_computation():
+    from facediff.lit.evaluators import soft_dice_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 3, generator=g)
+    target = torch.randint(0, 3, (2, 3, 3), generator=g)  # class 3 absent: not averaged
+    prob = logits.softmax(1).numpy()
+    t = target.numpy()
+    dices = []
+    for c in np.unique(t):
+        inter = prob[:, c][t == c].sum()
+        dices.append((2 * inter + 1) / (prob[:, c].sum() + (t == c).sum() + 1))
+    assert float(soft_dice_loss(logits, target)) == pytest.approx(1 - np.mean(dices), abs=1e-6)
+    perfect = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float() * 100
+    assert float(soft_dice_loss(perfect, target)) == pytest.approx(0, abs=1e-6)

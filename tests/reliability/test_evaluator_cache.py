@@ -66,6 +66,25 @@ def test_a_cached_evaluator_is_checked_against_the_data_and_the_protocol(dm, tmp
         evaluators(dm, ev, parser_steps=2, classifier_steps=2)
 
 
+def test_the_parsers_recipe_is_part_of_what_is_checked(dm, tmp_path):
+    """A parser trained by eval_parser is not served where eval_parser64 is asked for (both
+    named), eval_parser64 trains with the Dice loss, and a recipe that is not a parser's is
+    refused before any training."""
+    ev = tmp_path / "ev"
+    evaluators(dm, ev, parser_steps=2, classifier_steps=2)
+    with pytest.raises(
+        ValueError,
+        match=r"face_parser\.ckpt: trained on something else \(experiment: cached "
+        r"'eval_parser', needed 'eval_parser64'\)",
+    ):
+        evaluators(dm, ev, 2, 2, parser_experiment="eval_parser64")
+    other = tmp_path / "ev64"
+    parser, _ = evaluators(dm, other, 2, 2, parser_experiment="eval_parser64")
+    assert parser.hparams.dice_weight == 1.0 and parser.hparams.sr_ratios == (4, 2, 1, 1)
+    with pytest.raises(ValueError, match="experiment=eval_classifier: not a FaceParser recipe"):
+        evaluators(dm, tmp_path / "ev3", 2, 2, parser_experiment="eval_classifier")
+
+
 def test_fast_dev_run_trains_no_evaluator_and_runs_no_evaluation(make_cfg, tmp_path):
     from facediff.cli.train import train
 
