@@ -21,6 +21,9 @@ import yaml
 from facediff.evaluation.statistics import paired, t_interval, verdict
 from facediff.evaluation.tables import COLUMNS, OWN, with_interval
 
+# the fidelity monitor's ceilings: the real images, and them through a latent model's first stage
+CEILINGS = ("_real", "_decoded")
+
 # the issue's goal for a training recipe: fractions of the real images' scores
 TIME_TO_QUALITY = {"attr_acc": 0.95, "miou": 0.90}
 
@@ -244,12 +247,13 @@ def _curve_figure(curves: dict, x: str):
     """fidelity/* of every setting (a colour; seeds thin, their mean thick where the seeds
     measured at the same points) against `x`: "step", or "seconds" of training (time/train_s,
     drawn in minutes) where the runs logged it; each metric's real-image ceiling
-    (fidelity/<metric>_real) dashed. None when there is nothing to draw."""
+    (fidelity/<metric>_real) dashed, and a latent model's first-stage ceiling
+    (fidelity/<metric>_decoded) dotted. None when there is nothing to draw."""
     from matplotlib.figure import Figure
 
     keys = sorted(
         {k for cs in curves.values() for c in cs for k, pts in c.items()
-         if not k.endswith("_real") and any(p[x] is not None for p in pts)}
+         if not k.endswith(CEILINGS) and any(p[x] is not None for p in pts)}
     )  # fmt: skip
     if not keys:
         return None
@@ -268,9 +272,10 @@ def _curve_figure(curves: dict, x: str):
                 mean = [sum(vs) / len(vs) for vs in zip(*[[p[1] for p in r] for r in runs])]
                 ax.plot([p[0] for p in runs[0]], mean, color=color, lw=2)
             for c in cs[:1]:
-                real = [p["value"] for p in c.get(f"{key}_real", [])]
-                if real:
-                    ax.axhline(real[-1], color=color, ls="--", lw=0.8)
+                for suffix, style in zip(CEILINGS, ("--", ":")):
+                    level = [p["value"] for p in c.get(f"{key}{suffix}", [])]
+                    if level:
+                        ax.axhline(level[-1], color=color, ls=style, lw=0.8)
             ax.plot([], [], color=color, label=str(i + 1))
         ax.set_title(key)
         ax.set_xlabel("step" if x == "step" else "training time (min)")
@@ -342,13 +347,21 @@ def time_to_quality_markdown(rows, targets: dict) -> list[str]:
     lines = []
     for row in rows:
         for job in row.jobs:
-            t = time_to_quality(_curve(job.folder), targets)
+            curve = _curve(job.folder)
+            t = time_to_quality(curve, targets)
             if not t:
                 continue
             want = " and ".join(f"{m} >= {f:.0%}" for m, f in targets.items())
             got = ", ".join(
                 f"{m} {t['reached'][m]:.1%} of {t['ceilings'][m]:.3f}" for m in targets
             )
+            through = [  # a latent model: the share of the ceiling its first stage keeps
+                f"{m} {curve[f'fidelity/{m}_decoded'][-1]['value'] / t['ceilings'][m]:.1%}"
+                for m in targets
+                if curve.get(f"fidelity/{m}_decoded")
+            ]
+            if through:
+                got += "; the first stage's round trip reaches " + ", ".join(through)
             if t["step"] is None:
                 when = f"not reached (best at step {t['best_step']}: {got})"
             else:

@@ -15,9 +15,20 @@ from facediff.data.labels import mask_vocabulary
 from facediff.evaluation.evaluator_cache import evaluators
 from facediff.evaluation.protocol import read_images, roll, score
 from facediff.lit.diffusion import LatentDiffusion
+from facediff.models.autoencoders import PixelSpace
 from facediff.visualize import to_numpy_images
 
 log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def first_stage_round_trip(autoencoder, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] encoded and decoded by a latent model's first stage, on
+    its device: what a sampler that found the perfect latents would give."""
+    weight = next(autoencoder.parameters())
+    out = [autoencoder.decode(autoencoder.encode(b.to(weight))).float().clamp(-1, 1).cpu()
+           for b in images.split(batch)]  # fmt: skip
+    return torch.cat(out)
 
 
 class FidelityMonitor(L.Callback):
@@ -31,7 +42,9 @@ class FidelityMonitor(L.Callback):
     the protocol's (`facediff.evaluation.evaluator_cache`), trained before fit when absent.
 
     For a time-to-quality curve each measurement also logs fidelity/{metric}_real (the
-    evaluators on the real images of the same conditions: the ceiling) and time/train_s, the
+    evaluators on the real images of the same conditions: the ceiling), for a latent model
+    fidelity/{metric}_decoded (the same images through its autoencoder: the ceiling of what it
+    can generate, where a weak first stage shows) and time/train_s, the
     seconds spent training so far without the measurements themselves; it is kept in the
     checkpoint, so a resumed run's clock goes on where it stopped."""
 
@@ -138,6 +151,10 @@ class FidelityMonitor(L.Callback):
         if self._real is None:  # the same items' real images: what the evaluators can reach
             real = score(cond["image"], cond, self.parser, self.classifier, names)
             self._real = {f"fidelity/{k}_real": real[k] for k in keys}
+            if not isinstance(pl_module.autoencoder, PixelSpace):  # and through the first stage
+                decoded = first_stage_round_trip(pl_module.autoencoder, cond["image"])
+                read = score(decoded, cond, self.parser, self.classifier, names)
+                self._real |= {f"fidelity/{k}_decoded": read[k] for k in keys}
         metrics |= self._real | {"time/train_s": train_seconds}
         log.info("fidelity at step %d: %s", trainer.global_step, metrics)
         self.log_samples(trainer, images, cond, names)

@@ -60,3 +60,44 @@ def test_latent64_trains_on_cached_latents_without_the_encoder(make_cfg, tmp_pat
             train(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'third'}"))
     finally:  # the data folder is the session's: leave the cache as it was
         (folder / "meta.json").write_text(good)
+
+
+@pytest.mark.slow
+def test_the_fidelity_monitor_gives_a_latent_models_first_stage_ceiling(make_cfg, tmp_path):
+    """For a latent model the monitor also scores the real images after the autoencoder's round
+    trip (fidelity/<metric>_decoded): the most its samples can reach through that first stage."""
+    import csv
+
+    from facediff.data.batch import condition_batch
+    from facediff.evaluation.evaluator_cache import evaluators
+    from facediff.evaluation.protocol import score
+    from facediff.lit.training import build
+
+    ae_dir = tmp_path / "ae"
+    train(make_cfg("experiment=autoencoder", "trainer.max_steps=2", f"model.output_dir={ae_dir}"))
+    ev = tmp_path / "ev"
+    cfg = make_cfg(
+        "experiment=latent64",
+        f"autoencoder.pretrained={ae_dir}",
+        "trainer.max_steps=2",
+        "callbacks.fidelity.every_n_steps=2",
+        "callbacks.fidelity.num_conditions=3",
+        "callbacks.fidelity.num_steps=2",
+        f"evaluation.evaluators_dir={ev}",
+        "evaluation.parser_steps=2",
+        "evaluation.classifier_steps=2",
+        f"paths.output_dir={tmp_path / 'latent'}",
+    )
+    train(cfg)
+    (log,) = (tmp_path / "latent").rglob("metrics.csv")
+    with open(log) as f:
+        (row,) = [r for r in csv.DictReader(f) if r.get("fidelity/miou_decoded")]
+    dm, _ = build(cfg)
+    parser, classifier = evaluators(dm, ev, 2, 2)
+    real = condition_batch(dm, "val", 3)
+    ae = DiffusersAutoencoder(str(ae_dir)).eval()
+    with torch.no_grad():
+        decoded = ae.decode(ae.encode(real["image"])).clamp(-1, 1)
+    expected = score(decoded, real, parser, classifier, dm.attr_names)
+    for key in ("miou", "mask_acc", "attr_acc"):
+        assert float(row[f"fidelity/{key}_decoded"]) == pytest.approx(expected[key], abs=1e-5)

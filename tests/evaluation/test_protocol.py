@@ -108,6 +108,7 @@ def test_fidelity_is_logged_during_training(make_cfg, tmp_path):
     for r in rows:
         assert float(r["fidelity/miou_real"]) == pytest.approx(np.mean(ious), abs=1e-6)
         assert float(r["fidelity/attr_acc_real"]) == pytest.approx(accuracy, abs=1e-6)
+    assert "fidelity/miou_decoded" not in rows[0]  # pixel space: no first stage to score
     # the training clock: positive, rising, and carried through the checkpoint
     seconds = [float(r["time/train_s"]) for r in rows]
     assert 0 < seconds[0] < seconds[1]
