@@ -182,7 +182,7 @@ def comparison_markdown(items: list[dict], title: str) -> list[str]:
            "difference the seeds find with 80% power)", "",  # fmt: skip
            head + "setting | baseline | metric | n | difference [95% interval] | detectable |"
            + (" verdict |" if "verdict" in items[0] else ""),
-           "|---" * (7 if "verdict" in items[0] else 6) + "|"]  # fmt: skip
+           "|---" * (8 if "verdict" in items[0] else 6) + "|"]  # fmt: skip
     for c in items:
         label, fmt, scale = LABELS[c["metric"]]
         diff = with_interval(c.get("mean"), c.get("ci_low"), c.get("ci_high"), fmt, scale)

@@ -513,6 +513,10 @@ def test_intervals_paired_differences_and_computed_verdicts(tmp_path):
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| mc raises mIoU | experiment=multi | experiment=attr | mIoU | 3 |" in md
     assert "**held**" in md and "**inconclusive**" in md
+    lines = md.splitlines()
+    for i, line in enumerate(lines):  # every table's separator has its header's columns
+        if line.startswith("|---"):
+            assert line.count("|") == lines[i - 1].count("|"), lines[i - 1]
     import csv
 
     with open(tmp_path / "o" / "study.csv") as f:
