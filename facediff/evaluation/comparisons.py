@@ -206,10 +206,11 @@ def write_csv(path: Path, columns: list[str], lines: list[dict]) -> None:
         writer.writerows(lines)
 
 
-def figures(rows, lines: list[dict], out: Path) -> list[str]:
+def figures(rows, lines: list[dict], out: Path, curves: dict) -> list[str]:
     """metrics.png (each metric by setting: seeds as dots, the mean with its 95% interval) and
-    curves.png (fidelity/* against step from each job's CSV log, seeds as thin lines, the mean
-    thick), next to report.md; the paths written."""
+    curves.png (fidelity/* against step from each job's CSV log, `curves`:
+    learning_curves(rows); seeds as thin lines, the mean thick) and, where the jobs logged
+    their training time, curves_time.png, next to report.md; the paths written."""
     from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it was
 
     metrics = [m for m in present(rows)]
@@ -233,7 +234,6 @@ def figures(rows, lines: list[dict], out: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(out / "metrics.png", dpi=100)
         paths.append(str(out / "metrics.png"))
-    curves = {row.setting: [_curve(j.folder) for j in row.jobs] for row in rows}
     for x in ("step", "seconds"):  # curves.png against step, curves_time.png against time
         fig = _curve_figure(curves, x)
         if fig is not None:
@@ -282,6 +282,11 @@ def _curve_figure(curves: dict, x: str):
     axes[0][-1].legend(fontsize=6, title="setting")
     fig.tight_layout()
     return fig
+
+
+def learning_curves(rows) -> dict:
+    """{setting: [each job's _curve, in the row's order]}."""
+    return {row.setting: [_curve(j.folder) for j in row.jobs] for row in rows}
 
 
 def _curve(job: Path) -> dict:
@@ -342,12 +347,12 @@ def time_to_quality(curve: dict, targets: dict) -> dict:
             "reached": {m: best[m] for m in targets}, "best_step": step}  # fmt: skip
 
 
-def time_to_quality_markdown(rows, targets: dict) -> list[str]:
-    """A line per job: when its fidelity reached `targets` of the real images' scores."""
+def time_to_quality_markdown(rows, curves: dict, targets: dict) -> list[str]:
+    """A line per job: when its fidelity reached `targets` of the real images' scores
+    (`curves`: learning_curves(rows))."""
     lines = []
     for row in rows:
-        for job in row.jobs:
-            curve = _curve(job.folder)
+        for job, curve in zip(row.jobs, curves[row.setting]):
             t = time_to_quality(curve, targets)
             if not t:
                 continue
@@ -423,8 +428,9 @@ def sections(rows, row_options, jobs, out: Path, baseline: str | None) -> dict:
     md += summary_markdown(columns, lines)
     md += comparison_markdown(verdicts, "Claims")
     md += comparison_markdown(compared, f"Against the baseline {baseline}")
-    md += time_to_quality_markdown(rows, TIME_TO_QUALITY)
+    curves = learning_curves(rows)  # each job's CSV log, read once for the table and figures
+    md += time_to_quality_markdown(rows, curves, TIME_TO_QUALITY)
     paths = [str(out / "study.csv")] + ([str(out / "jobs.csv")] if per_job else [])
-    paths += figures(rows, lines, out)
+    paths += figures(rows, lines, out, curves)
     return {"markdown": md, "summary": lines, "comparisons": compared, "claims": verdicts,
             "paths": paths}  # fmt: skip

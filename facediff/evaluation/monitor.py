@@ -67,7 +67,7 @@ class FidelityMonitor(L.Callback):
         self._last_step = -1
         self.train_seconds = 0.0  # up to the last measurement (or checkpoint)
         self._clock: float | None = None  # perf_counter when train_seconds was last brought up
-        self._real: dict | None = None
+        self._ceilings: dict | None = None
 
     def state_dict(self) -> dict:
         return {"train_seconds": self._seconds()}
@@ -148,14 +148,14 @@ class FidelityMonitor(L.Callback):
         keys = [k for k in ("attr_acc", "mask_acc", "miou") if k in own]
         metrics = {f"fidelity/{k}": own[k] for k in keys}
         metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
-        if self._real is None:  # the same items' real images: what the evaluators can reach
+        if self._ceilings is None:  # the same items' real images: what the evaluators can reach
             real = score(cond["image"], cond, self.parser, self.classifier, names)
-            self._real = {f"fidelity/{k}_real": real[k] for k in keys}
+            self._ceilings = {f"fidelity/{k}_real": real[k] for k in keys}
             if not isinstance(pl_module.autoencoder, PixelSpace):  # and through the first stage
                 decoded = first_stage_round_trip(pl_module.autoencoder, cond["image"])
                 read = score(decoded, cond, self.parser, self.classifier, names)
-                self._real |= {f"fidelity/{k}_decoded": read[k] for k in keys}
-        metrics |= self._real | {"time/train_s": train_seconds}
+                self._ceilings |= {f"fidelity/{k}_decoded": read[k] for k in keys}
+        metrics |= self._ceilings | {"time/train_s": train_seconds}
         log.info("fidelity at step %d: %s", trainer.global_step, metrics)
         self.log_samples(trainer, images, cond, names)
         self._clock = time.perf_counter()  # the measurement is not training time
