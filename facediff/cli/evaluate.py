@@ -27,7 +27,7 @@ def evaluate(cfg: DictConfig) -> dict:
         training_progress,
     )
     from facediff.data.datamodule import FaceDataModule
-    from facediff.evaluation.evaluator_cache import evaluators
+    from facediff.evaluation.evaluator_cache import protocol_evaluators
     from facediff.evaluation.generated import META
     from facediff.evaluation.protocol import (
         check_protocol,
@@ -94,13 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
                     "not images_dir="
                 )
         protocol.pop("variants", None)
-        parser, classifier = evaluators(
-            dm,
-            protocol["evaluators_dir"],
-            protocol["parser_steps"],
-            protocol["classifier_steps"],
-            parser_experiment=protocol.get("parser_experiment"),
-        )
+        parser, classifier = protocol_evaluators(dm, protocol)
         report = score_generated(
             images_dir, dm, parser, classifier, protocol, resolve_device(cfg.device)
         )

@@ -36,16 +36,10 @@ def prepare(cfg: DictConfig) -> dict | None:
             f"prepared {report['kept']} items at {datamodule.resolution} px in {datamodule.root}"
         )
     if cfg.evaluators:  # ahead of a sweep or a multi-node job: trained once, here
-        from facediff.evaluation.evaluator_cache import evaluators, evaluators_dir
+        from facediff.evaluation.evaluator_cache import evaluators_dir, protocol_evaluators
 
         e = cfg.evaluation
-        evaluators(
-            datamodule,
-            e.evaluators_dir,
-            e.parser_steps,
-            e.classifier_steps,
-            parser_experiment=e.get("parser_experiment"),
-        )
+        protocol_evaluators(datamodule, e)
         print(f"evaluators ready in {evaluators_dir(datamodule, e.evaluators_dir)}")
     return report
 

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from facediff.config import group_overrides
-from facediff.evaluation.evaluator_cache import evaluators
+from facediff.evaluation.evaluator_cache import RECIPE, protocol_evaluators
 from facediff.evaluation.protocol import evaluate_after, protocol_variants
 from facediff.evaluation.tables import OWN
 from facediff.lit.callbacks import Interrupted
@@ -53,29 +53,20 @@ def evaluators_for(cfg: DictConfig, evaluate: bool):
     evaluation's), before fit and on global rank 0 only; None when it needs none."""
     if not str(cfg.model.get("_target_", "")).endswith("LatentDiffusion"):
         return None  # an evaluator's own training
-    wanted = []
+    wanted = []  # the protocols' evaluator options (RECIPE), each set once
     fidelity = (cfg.get("callbacks") or {}).get("fidelity")
     if fidelity and fidelity.get("every_n_steps"):
-        wanted.append(
-            (
-                fidelity.evaluators_dir,
-                fidelity.parser_steps,
-                fidelity.classifier_steps,
-                fidelity.get("parser_experiment"),
-            )
-        )
+        wanted.append(fidelity)
     if evaluate:
-        e = cfg.evaluation
-        wanted.append(
-            (e.evaluators_dir, e.parser_steps, e.classifier_steps, e.get("parser_experiment"))
-        )
+        wanted.append(cfg.evaluation)
     if not wanted:
         return None
+    recipes = dict.fromkeys(tuple(p.get(k) for k in RECIPE) for p in wanted)
 
     def ensure(datamodule) -> None:
-        for directory, parser_steps, classifier_steps, recipe in dict.fromkeys(wanted):
+        for recipe in recipes:
             log.info("evaluators for %s (trained once, then cached)", datamodule.root)
-            evaluators(datamodule, directory, parser_steps, classifier_steps, True, recipe)
+            protocol_evaluators(datamodule, dict(zip(RECIPE, recipe)))
 
     return ensure
 

@@ -168,6 +168,22 @@ def load_evaluator(name: str, path: Path, datamodule, steps: int, experiment: st
     return module.float().eval()
 
 
+RECIPE = ("evaluators_dir", "parser_steps", "classifier_steps", "parser_experiment")
+
+
+def protocol_evaluators(datamodule, p, train: bool = True):
+    """evaluators() with a protocol's options (conf/evaluation, or the fidelity callback's
+    copies of them: `RECIPE`)."""
+    return evaluators(
+        datamodule,
+        p["evaluators_dir"],
+        p["parser_steps"],
+        p["classifier_steps"],
+        train,
+        p.get("parser_experiment"),
+    )
+
+
 def evaluators(
     datamodule,
     directory=None,

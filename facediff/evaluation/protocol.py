@@ -22,7 +22,7 @@ from facediff.data.batch import condition_batch, repeat_batch, to_device
 from facediff.data.labels import MASK_CLASSES, NUM_MASK_CLASSES
 from facediff.data.transforms import to_float, to_uint8
 from facediff.diffusion.solvers import sampler_option
-from facediff.evaluation.evaluator_cache import evaluators
+from facediff.evaluation.evaluator_cache import protocol_evaluators
 from facediff.evaluation.extractors import DomainFeatures, inception
 from facediff.evaluation.flip import face_center_x, flip_lines, mirror
 from facediff.evaluation.generated import read_generated, write_generated
@@ -318,13 +318,7 @@ def evaluate_model(
         raise ValueError("evaluate_model runs one protocol: give each of protocol_variants(p)")
     p = {k: v for k, v in p.items() if k != "variants"}
     check_protocol(p)
-    parser, classifier = evaluators(
-        datamodule,
-        p["evaluators_dir"],
-        p["parser_steps"],
-        p["classifier_steps"],
-        parser_experiment=p.get("parser_experiment"),
-    )
+    parser, classifier = protocol_evaluators(datamodule, p)
     own_sampler = model.sampler  # evaluation.sampler switches it for this protocol only
     try:
         gen_dir = sample_for_protocol(model, datamodule, p, Path(out_dir) / "generated")
