@@ -14,6 +14,7 @@ The arithmetic is in `facediff.evaluation.statistics`.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,15 @@ from facediff.evaluation.tables import COLUMNS, OWN, with_interval
 
 # the fidelity monitor's ceilings: the real images, and them through a latent model's first stage
 CEILINGS = ("_real", "_decoded")
+# ... and the real images at a lower resolution, upsampled again (monitor.at_resolution)
+AT_SIZE = re.compile(r"fidelity/(\w+)_real_(\d+)px")
+
+
+def is_ceiling(key: str) -> bool:
+    """A monitor's reference level (the real images, decoded, or at a lower resolution), not a
+    curve of the model's own."""
+    return key.endswith(CEILINGS) or AT_SIZE.fullmatch(key) is not None
+
 
 # the issue's goal for a training recipe: fractions of the real images' scores
 TIME_TO_QUALITY = {"attr_acc": 0.95, "miou": 0.90}
@@ -253,7 +263,7 @@ def _curve_figure(curves: dict, x: str):
 
     keys = sorted(
         {k for cs in curves.values() for c in cs for k, pts in c.items()
-         if not k.endswith(CEILINGS) and any(p[x] is not None for p in pts)}
+         if not is_ceiling(k) and any(p[x] is not None for p in pts)}
     )  # fmt: skip
     if not keys:
         return None
@@ -367,6 +377,14 @@ def time_to_quality_markdown(rows, curves: dict, targets: dict) -> list[str]:
             ]
             if through:
                 got += "; the first stage's round trip reaches " + ", ".join(through)
+            sizes = sorted({int(m[2]) for k in curve if (m := AT_SIZE.fullmatch(k))}, reverse=True)
+            for size in sizes:  # the detail a first stage must keep: the real images, smaller
+                at = [
+                    f"{m} {curve[key][-1]['value'] / t['ceilings'][m]:.1%}"
+                    for m in targets
+                    if curve.get(key := f"fidelity/{m}_real_{size}px")
+                ]
+                got += f"; the real images at {size} px " + ", ".join(at)
             if t["step"] is None:
                 when = f"not reached (best at step {t['best_step']}: {got})"
             else:

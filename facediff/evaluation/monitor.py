@@ -8,6 +8,7 @@ import time
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 
 from facediff.data.batch import condition_batch, to_device
@@ -31,6 +32,19 @@ def first_stage_round_trip(autoencoder, images: torch.Tensor, batch: int = 64) -
     return torch.cat(out)
 
 
+def at_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] brought down to `size` px (area averaging) and back up
+    (bicubic): what a first stage that keeps as much as a `size` px image would give, the yard
+    stick for its round trip (`fidelity/<metric>_real_<size>px`)."""
+    small = F.interpolate(images, size=(size, size), mode="area")
+    return F.interpolate(small, size=images.shape[-2:], mode="bicubic").clamp(-1, 1)
+
+
+def reference_sizes(resolution: int) -> list[int]:
+    """The lower resolutions the monitor scores the real images at: a half and a quarter."""
+    return [resolution // f for f in (2, 4) if resolution // f >= 4]
+
+
 class FidelityMonitor(L.Callback):
     """Every `every_n_steps`, a cheap slice of the evaluation protocol: sample (EMA weights,
     `num_steps` sampler steps) for the first `num_conditions` validation items and log how well
@@ -44,7 +58,9 @@ class FidelityMonitor(L.Callback):
     For a time-to-quality curve each measurement also logs fidelity/{metric}_real (the
     evaluators on the real images of the same conditions: the ceiling), for a latent model
     fidelity/{metric}_decoded (the same images through its autoencoder: the ceiling of what it
-    can generate, where a weak first stage shows) and time/train_s, the
+    can generate, where a weak first stage shows), fidelity/{metric}_real_{size}px (the real
+    images at half and a quarter of the resolution, upsampled again: `at_resolution`, the
+    detail a first stage must keep to reach a score) and time/train_s, the
     seconds spent training so far without the measurements themselves; it is kept in the
     checkpoint, so a resumed run's clock goes on where it stopped."""
 
@@ -151,6 +167,10 @@ class FidelityMonitor(L.Callback):
         if self._ceilings is None:  # the same items' real images: what the evaluators can reach
             real = score(cond["image"], cond, self.parser, self.classifier, names)
             self._ceilings = {f"fidelity/{k}_real": real[k] for k in keys}
+            for size in reference_sizes(cond["image"].shape[-1]):
+                lower = at_resolution(cond["image"], size)
+                read = score(lower, cond, self.parser, self.classifier, names)
+                self._ceilings |= {f"fidelity/{k}_real_{size}px": read[k] for k in keys}
             if not isinstance(pl_module.autoencoder, PixelSpace):  # and through the first stage
                 decoded = first_stage_round_trip(pl_module.autoencoder, cond["image"])
                 read = score(decoded, cond, self.parser, self.classifier, names)

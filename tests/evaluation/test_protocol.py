@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from facediff.cli.train import train
 from facediff.evaluation.evaluator_cache import evaluators
@@ -109,6 +110,18 @@ def test_fidelity_is_logged_during_training(make_cfg, tmp_path):
         assert float(r["fidelity/miou_real"]) == pytest.approx(np.mean(ious), abs=1e-6)
         assert float(r["fidelity/attr_acc_real"]) == pytest.approx(accuracy, abs=1e-6)
     assert "fidelity/miou_decoded" not in rows[0]  # pixel space: no first stage to score
+    # the real images at half the resolution (2 x 2 means), bicubic back up: the same reading
+    size = real["image"].shape[-1]
+    half = F.interpolate(F.avg_pool2d(real["image"], 2), scale_factor=2, mode="bicubic")
+    with torch.no_grad():
+        labels = parser(half.clamp(-1, 1)).argmax(1).numpy()
+    ious = [
+        ((labels == c) & (truth == c)).sum() / ((labels == c) | (truth == c)).sum()
+        for c in np.unique(truth)
+    ]
+    for r in rows:
+        assert float(r[f"fidelity/miou_real_{size // 2}px"]) == pytest.approx(np.mean(ious))
+        assert f"fidelity/attr_acc_real_{size // 4}px" in r
     # the training clock: positive, rising, and carried through the checkpoint
     seconds = [float(r["time/train_s"]) for r in rows]
     assert 0 < seconds[0] < seconds[1]

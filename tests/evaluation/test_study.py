@@ -570,11 +570,12 @@ def test_time_to_quality_from_the_monitors_log(tmp_path):
     sweep = sweep_dir(tmp_path, "ttq")
     job(sweep, 0, ["seed=0"], {"attr_acc": 0.8, "miou": 0.5})
     head = "step,fidelity/attr_acc,fidelity/attr_acc_real,fidelity/miou,fidelity/miou_real,"
-    head += "fidelity/miou_decoded,time/train_s,train/loss\n"
+    head += "fidelity/miou_decoded,fidelity/miou_real_32px,time/train_s,train/loss\n"
     logs = [  # attr 0.86/0.9 = 95.6% at step 199, but mIoU 0.5/0.6 = 83% there: not yet
-        "99,0.80,0.9,0.30,0.6,0.57,60.0,\n100,,,,,,,0.5\n199,0.86,0.9,0.50,0.6,0.57,130.0,\n",
-        "299,0.85,0.9,0.55,0.6,0.57,200.0,\n399,0.88,0.9,0.56,0.6,0.57,270.0,\n",  # 94.4%: attr
-    ]
+        "99,0.80,0.9,0.30,0.6,0.57,0.54,60.0,\n100,,,,,,,,0.5\n"
+        "199,0.86,0.9,0.50,0.6,0.57,0.54,130.0,\n",
+        "299,0.85,0.9,0.55,0.6,0.57,0.54,200.0,\n399,0.88,0.9,0.56,0.6,0.57,0.54,270.0,\n",
+    ]  # 299: attr 94.4%
     for version, rows in enumerate(logs):
         folder = sweep / "0" / "csv" / f"version_{version}"
         folder.mkdir(parents=True)
@@ -592,5 +593,8 @@ def test_time_to_quality_from_the_monitors_log(tmp_path):
     assert never["step"] is None and never["best_step"] == 399
     md = (tmp_path / "o" / "report.md").read_text()
     assert "4.5 min, step 399 (attr_acc 97.8% of 0.900, miou 93.3% of 0.600; the first " in md
-    assert "stage's round trip reaches miou 95.0%)" in md  # 0.57 / 0.6
+    assert "stage's round trip reaches miou 95.0%; the real images at 32 px miou 90.0%)" in md
+    from facediff.evaluation.comparisons import is_ceiling
+
+    assert [k for k in curve if not is_ceiling(k)] == ["fidelity/attr_acc", "fidelity/miou"]
     assert {Path(p).name for p in out["paths"]} >= {"curves.png", "curves_time.png"}
