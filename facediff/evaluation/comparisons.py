@@ -29,8 +29,7 @@ AT_SIZE = re.compile(r"fidelity/(\w+)_real_(\d+)px")
 
 
 def is_ceiling(key: str) -> bool:
-    """A monitor's reference level (the real images, decoded, or at a lower resolution), not a
-    curve of the model's own."""
+    """A monitor's reference level (real, decoded, at a lower resolution), not a model's curve."""
     return key.endswith(CEILINGS) or AT_SIZE.fullmatch(key) is not None
 
 
@@ -370,21 +369,17 @@ def time_to_quality_markdown(rows, curves: dict, targets: dict) -> list[str]:
             got = ", ".join(
                 f"{m} {t['reached'][m]:.1%} of {t['ceilings'][m]:.3f}" for m in targets
             )
-            through = [  # a latent model: the share of the ceiling its first stage keeps
-                f"{m} {curve[f'fidelity/{m}_decoded'][-1]['value'] / t['ceilings'][m]:.1%}"
-                for m in targets
-                if curve.get(f"fidelity/{m}_decoded")
-            ]
-            if through:
-                got += "; the first stage's round trip reaches " + ", ".join(through)
             sizes = sorted({int(m[2]) for k in curve if (m := AT_SIZE.fullmatch(k))}, reverse=True)
-            for size in sizes:  # the detail a first stage must keep: the real images, smaller
+            for suffix, label in [("_decoded", "the first stage's round trip reaches")] + [
+                (f"_real_{n}px", f"the real images at {n} px") for n in sizes
+            ]:  # the share of the ceiling a latent model's first stage keeps, and a smaller image
                 at = [
                     f"{m} {curve[key][-1]['value'] / t['ceilings'][m]:.1%}"
                     for m in targets
-                    if curve.get(key := f"fidelity/{m}_real_{size}px")
+                    if curve.get(key := f"fidelity/{m}{suffix}")
                 ]
-                got += f"; the real images at {size} px " + ", ".join(at)
+                if at:
+                    got += f"; {label} " + ", ".join(at)
             if t["step"] is None:
                 when = f"not reached (best at step {t['best_step']}: {got})"
             else:
