@@ -410,9 +410,10 @@ __all__ = [
 
 def study_key(jobs, key: str):
     """A study config's `key` (claims:, row_options:) from the first job's .hydra/config.yaml
-    that sets it; None where none does."""
+    that sets it (above an evaluation variant's folder: <job>/evaluation/<variant>); None where
+    none does."""
     for job in jobs:
-        for folder in (job.folder, job.folder.parent):
+        for folder in (job.folder, job.folder.parent, job.folder.parent.parent):
             config = folder / ".hydra" / "config.yaml"
             if config.is_file():
                 value = (yaml.safe_load(config.read_text()) or {}).get(key)

@@ -463,9 +463,10 @@ def test_the_table_goes_to_wandb_as_a_table(tmp_path):
     assert list(tmp_path.rglob("metrics_*.png")), "the figure of metrics by setting"
 
 
-def claim_study(tmp_path, claims=None) -> Path:
+def claim_study(tmp_path, claims=None, variants: dict | None = None) -> Path:
     """attr and multi, 3 seeds each: multi's mIoU 0.10 higher on every seed (plus noise), its
-    FID about the same; the study config declares `claims`."""
+    FID about the same; the study config declares `claims`. `variants`: each job evaluated
+    once per evaluation variant (<job>/evaluation/<name>/metrics.json), with the same scores."""
     sweep = sweep_dir(tmp_path, "study")
     noise = [0.01, -0.02, 0.015]
     for i, (setting, seed) in enumerate((s, d) for s in ("attr", "multi") for d in range(3)):
@@ -476,8 +477,18 @@ def claim_study(tmp_path, claims=None) -> Path:
             "fid_ci_low": 90.0,
             "fid_ci_high": 110.0,
         }
-        job(sweep, i, [f"experiment={setting}", f"seed={seed}"], scores)
-        config = {"claims": claims or []}
+        job(sweep, i, [f"experiment={setting}", f"seed={seed}"], scores if not variants else None)
+        for name, options in (variants or {}).items():
+            (sweep / str(i) / "evaluation" / name).mkdir(parents=True)
+            metrics = {
+                "rows": {"samples vs own conditions": scores},
+                "protocol": PROTOCOL | options,
+                "variant": {"name": name, "options": options},
+            }
+            (sweep / str(i) / "evaluation" / name / "metrics.json").write_text(json.dumps(metrics))
+        config = {"claims": claims or []} | (
+            {"evaluation": {"variants": variants}} if variants else {}
+        )
         (sweep / str(i) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     return sweep
 
@@ -488,6 +499,19 @@ CLAIMS = [
     {"name": "mc lowers FID", "setting": "experiment=multi", "baseline": "experiment=attr",
      "metric": "fid", "expect": "lower"},
 ]  # fmt: skip
+
+
+def test_claims_get_a_verdict_per_evaluation_variant(tmp_path):
+    """cviu_table4 evaluates each training twice (evaluation.variants d. and s.): its config
+    is two folders above each variant's metrics.json, and each variant's pair of rows gets the
+    claim's verdict."""
+    variants = {"d": {"eta": 0.0}, "s": {"eta": 1.0}}
+    sweep = claim_study(tmp_path, CLAIMS[:1], variants)
+    out = report_main([str(sweep), "--out", str(tmp_path / "o")])
+    assert [(c["row"], c["row_baseline"], c["verdict"]) for c in out["claims"]] == [
+        ("experiment=multi evaluation.eta=0.0", "experiment=attr evaluation.eta=0.0", "held"),
+        ("experiment=multi evaluation.eta=1.0", "experiment=attr evaluation.eta=1.0", "held"),
+    ]
 
 
 def test_intervals_paired_differences_and_computed_verdicts(tmp_path):
