@@ -157,10 +157,9 @@ class LastCheckpoint(L.Callback):
     def save(self, trainer, why: str | None = None) -> None:
         if trainer.fast_dev_run or trainer.global_step == self.saved_step:
             return
-        # all ranks; rank 0 writes the full resumable state (optimizer, loops, callbacks; said
-        # outright, or Lightning logs that its `weights_only` "defaults to False", which reads
-        # like an unsafe load); every load is checkpoint.load, torch's weights_only=True
-        trainer.save_checkpoint(self.path, weights_only=False)
+        # all ranks; rank 0 writes the full resumable state (optimizer, loops, callbacks:
+        # Lightning's default); every load is checkpoint.load, weights_only=True
+        trainer.save_checkpoint(self.path)
         self.saved_step = trainer.global_step
         if why:
             log.warning(
