@@ -165,16 +165,17 @@ class FidelityMonitor(L.Callback):
         metrics = {f"fidelity/{k}": own[k] for k in keys}
         metrics |= {f"fidelity/{k}_shuffled": other[k] for k in keys}
         if self._ceilings is None:  # the same items' real images: what the evaluators can reach
-            real = score(cond["image"], cond, self.parser, self.classifier, names)
-            self._ceilings = {f"fidelity/{k}_real": real[k] for k in keys}
-            for size in reference_sizes(cond["image"].shape[-1]):
-                lower = at_resolution(cond["image"], size)
-                read = score(lower, cond, self.parser, self.classifier, names)
-                self._ceilings |= {f"fidelity/{k}_real_{size}px": read[k] for k in keys}
+            real = cond["image"]
+            references = {"_real": real} | {
+                f"_real_{size}px": at_resolution(real, size)
+                for size in reference_sizes(real.shape[-1])
+            }
             if not isinstance(pl_module.autoencoder, PixelSpace):  # and through the first stage
-                decoded = first_stage_round_trip(pl_module.autoencoder, cond["image"])
-                read = score(decoded, cond, self.parser, self.classifier, names)
-                self._ceilings |= {f"fidelity/{k}_decoded": read[k] for k in keys}
+                references["_decoded"] = first_stage_round_trip(pl_module.autoencoder, real)
+            self._ceilings = {}
+            for suffix, seen in references.items():
+                read = score(seen, cond, self.parser, self.classifier, names)
+                self._ceilings |= {f"fidelity/{k}{suffix}": read[k] for k in keys}
         metrics |= self._ceilings | {"time/train_s": train_seconds}
         log.info("fidelity at step %d: %s", trainer.global_step, metrics)
         self.log_samples(trainer, images, cond, names)
