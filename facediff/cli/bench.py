@@ -6,12 +6,14 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from facediff.cli.bench_scale import train_step
 from facediff.config import instantiate, register_resolvers
 
 log = logging.getLogger("facediff.bench")
@@ -63,11 +65,15 @@ def bench_loader(out: Path, resolution: int, items: int) -> dict:
     }
 
 
-def _model_and_batch(cfg: DictConfig):
+def _batch(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    model = instantiate(cfg.model)
-    return model, next(iter(datamodule.train_dataloader()))
+    return next(iter(datamodule.train_dataloader()))
+
+
+def _model_and_batch(cfg: DictConfig):
+    batch = _batch(cfg)
+    return instantiate(cfg.model), batch
 
 
 def bench_train_step(cfg: DictConfig, steps: int) -> dict:
@@ -80,14 +86,11 @@ def bench_train_step(cfg: DictConfig, steps: int) -> dict:
     result = {"params_M": model.num_parameters() / 1e6, "batch_size": len(batch["image"])}
     for name, enabled in (("fp32", False), ("bf16", True)):
         n = steps if not enabled or torch.ops.mkldnn._is_mkldnn_bf16_supported() else 2
+        autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=enabled)
         for i in range(n + 2):
             if i == 2:
                 t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-                loss = model.diffusion_loss(batch, model.generator)["loss"].mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
+            train_step(model, batch, opt, autocast, lightning=False)
         result[f"{name}_steps_s"] = n / (time.perf_counter() - t0)
         result[f"{name}_timed_steps"] = n
     result["bf16_speedup"] = result["bf16_steps_s"] / result["fp32_steps_s"]
@@ -118,24 +121,23 @@ def bench_levers(cfg: DictConfig, steps: int, rounds: int, levers, precisions) -
         if precision == "bf16" and not native_bf16:
             out[precision] = "skipped: no native bf16 on this CPU"
             continue
-        runs = {}
+        runs, batch = {}, _batch(cfg)
         for name in levers:
             model_opts, opt_opts = LEVERS[name]
             torch.manual_seed(0)
-            model, batch = _model_and_batch(cfg)
+            model = instantiate(cfg.model)
             for k, v in model_opts.items():
                 setattr(model, k, v)
             model.apply_speed_options()
             opt = torch.optim.AdamW(model.trainable_parameters(), 1e-4, **opt_opts)
             runs[name] = (model, batch, opt)
 
-        def step(model, batch, opt, on=precision == "bf16"):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
-                loss = model.diffusion_loss(batch, model.generator)["loss"].mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            return float(loss)
+        autocast = partial(
+            torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16"
+        )
+
+        def step(model, batch, opt, autocast=autocast):
+            return float(train_step(model, batch, opt, autocast, lightning=False))
 
         first, losses = {}, {}
         for name, run in runs.items():  # warm-up: the first step compiles

@@ -11,6 +11,7 @@ on the same device in the same dtype. CUDA timings are synchronised.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 
@@ -60,6 +61,14 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, sizes) -> float
     return best
 
 
+@functools.lru_cache(maxsize=2)
+def _demo_data(base: tuple):
+    """The demo's prepared SynthFaces, opened once for all rows."""
+    data = instantiate(compose("train", [*base, "experiment=demo"]).data)
+    data.prepare_data()
+    return data
+
+
 def build(spec, device: torch.device, batch_size: int, base=()):
     """The model of one benchmark row and a batch of `batch_size` on `device`: conditions from
     the demo's SynthFaces (repeated to the batch size) and, for a latent row, random latents of
@@ -79,9 +88,7 @@ def build(spec, device: torch.device, batch_size: int, base=()):
     torch.manual_seed(0)
     kwargs = {"autoencoder": CachedLatents(c, factor)} if latent is not None else {}
     model = instantiate(cfg.model, **kwargs).to(device)
-    data = instantiate(compose("train", [*base, "experiment=demo"]).data)
-    data.prepare_data()
-    cond = condition_batch(data, "train", batch_size)
+    cond = condition_batch(_demo_data(tuple(base)), "train", batch_size)
     n = len(cond["image"])
     idx = torch.arange(batch_size) % n
     batch = {k: v[idx] for k, v in cond.items()}
@@ -90,15 +97,20 @@ def build(spec, device: torch.device, batch_size: int, base=()):
     return model, to_device(batch, device)
 
 
-def _train_step(model, batch, opt, autocast):
-    """Lightning's step, by hand: loss, backward, clipping (1.0), AdamW, EMA."""
+def train_step(model, batch, opt, autocast=contextlib.nullcontext, lightning: bool = True):
+    """One training step by hand: the loss under `autocast()`, backward, AdamW; with `lightning`
+    also what facediff's Lightning step adds around them (clipping at 1.0, the EMA update).
+    Returns the loss, detached (no device sync)."""
     with autocast():
         loss = model.diffusion_loss(batch, model.generator)["loss"].mean()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
+    if lightning:
+        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    model.ema.step(model.trainable_parameters())
+    if lightning:
+        model.ema.step(model.trainable_parameters())
+    return loss.detach()
 
 
 def _rate(fn, n: int, device: torch.device) -> float:
@@ -138,18 +150,18 @@ def bench_row(spec, device, precision: str, compiled: bool, b, base=(), flops=No
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    _train_step(model, batch, opt, autocast)  # the first step compiles
+    train_step(model, batch, opt, autocast)  # the first step compiles
     _sync(device)
     row["first_step_s"] = round(time.perf_counter() - t0, 2)
     for _ in range(b.paper_warmup):
-        _train_step(model, batch, opt, autocast)
+        train_step(model, batch, opt, autocast)
     if flops is None:
         if compiled:
             raise ValueError("bench_row: count the FLOPs on the eager model first")
         with FlopCounterMode(display=False) as counter:
-            _train_step(model, batch, opt, autocast)
+            train_step(model, batch, opt, autocast)
         flops = counter.get_total_flops() / batch_size
-    steps_s = _rate(lambda: _train_step(model, batch, opt, autocast), b.paper_steps, device)
+    steps_s = _rate(lambda: train_step(model, batch, opt, autocast), b.paper_steps, device)
     row["train_samples_s"] = round(steps_s * batch_size, 3)
     row["train_flops_per_sample"] = flops
     row["train_gflop_per_sample"] = round(flops / 1e9, 2)
