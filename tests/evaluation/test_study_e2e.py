@@ -90,14 +90,22 @@ STUDIES = sorted(
 def test_every_study_names_its_grid_and_every_setting_builds(make_cfg, tmp_path):
     """Each study is a multirun with the protocol after each job; every point of its grid
     composes and builds its model (the grids are small: build them all). The 64 px studies
-    load the small KL autoencoder: one trained for 2 steps stands in for it."""
+    load the small KL autoencoder (f4, or f2 with autoencoder=small_kl_f2): one of the same
+    shape trained for 2 steps stands in for it."""
     import itertools
 
     from facediff.cli.train import train
     from facediff.config import instantiate
 
-    ae_dir = tmp_path / "ae"
-    train(make_cfg("experiment=autoencoder", "trainer.max_steps=2", f"model.output_dir={ae_dir}"))
+    ae_dirs = {}
+
+    def small_ae(factor: int) -> Path:
+        if factor not in ae_dirs:
+            ae_dirs[factor] = tmp_path / f"ae_f{factor}"
+            model = ["model=autoencoder_f2"] if factor == 2 else []
+            out = f"model.output_dir={ae_dirs[factor]}"
+            train(make_cfg("experiment=autoencoder", *model, "trainer.max_steps=2", out))
+        return ae_dirs[factor]
 
     assert {
         "cviu_table4",
@@ -118,7 +126,7 @@ def test_every_study_names_its_grid_and_every_setting_builds(make_cfg, tmp_path)
         for values in itertools.product(*(grid[k] for k in keys)):
             point = [f"{k}={v}" for k, v in zip(keys, values)]
             if cfg.autoencoder.get("pretrained") and "small_kl" in cfg.autoencoder.pretrained:
-                point.append(f"autoencoder.pretrained={ae_dir}")
+                point.append(f"autoencoder.pretrained={small_ae(cfg.latent.factor)}")
             instantiate(compose("train", [f"+study={study}", *point]).model)
 
 
