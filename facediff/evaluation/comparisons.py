@@ -295,19 +295,15 @@ def _curve_figure(curves: dict, x: str):
 
 def learning_curves(rows) -> dict:
     """{setting: [each job's _curve, in the row's order]}."""
-    return {row.setting: [_curve(j.folder) for j in row.jobs] for row in rows}
+    return {row.setting: [_curve(j.run) for j in row.jobs] for row in rows}
 
 
 def _curve(job: Path) -> dict:
-    """{fidelity/<metric>: [{step, value, seconds}, ...]} from a job's CSV logger file (the
-    job folder, or the training job above an evaluation variant's folder); `seconds` is the
-    training time logged with the value (time/train_s; None where it was not). {} where there
-    is no log."""
-    for folder in (job, job.parent, job.parent.parent):
-        files = sorted(folder.glob("csv/version_*/metrics.csv"))
-        if files:
-            break
-    else:
+    """{fidelity/<metric>: [{step, value, seconds}, ...]} from a job's CSV logger files (in its
+    Hydra folder, Job.run); `seconds` is the training time logged with the value
+    (time/train_s; None where it was not). {} where there is no log."""
+    files = sorted(job.glob("csv/version_*/metrics.csv"))
+    if not files:
         return {}
     out: dict = {}
     for file in files:  # a resumed run logs into a new version: the versions in order
@@ -410,15 +406,13 @@ __all__ = [
 
 def study_key(jobs, key: str):
     """A study config's `key` (claims:, row_options:) from the first job's .hydra/config.yaml
-    that sets it (above an evaluation variant's folder: <job>/evaluation/<variant>); None where
-    none does."""
+    that sets it (Job.run: above an evaluation variant's folder); None where none does."""
     for job in jobs:
-        for folder in (job.folder, job.folder.parent, job.folder.parent.parent):
-            config = folder / ".hydra" / "config.yaml"
-            if config.is_file():
-                value = (yaml.safe_load(config.read_text()) or {}).get(key)
-                if value:
-                    return value
+        config = job.run / ".hydra" / "config.yaml"
+        if config.is_file():
+            value = (yaml.safe_load(config.read_text()) or {}).get(key)
+            if value:
+                return value
     return None
 
 

@@ -47,10 +47,15 @@ def _renamed_override(override: str) -> str:
 
 @dataclass
 class Job:
-    folder: Path
+    folder: Path  # where its metrics.json is (an evaluation variant's own folder)
     overrides: list[str]
     metrics: dict | None  # None: the job failed (no metrics.json, or an unreadable one)
     error: str | None = None  # why its metrics.json could not be read
+    run: Path | None = None  # the job folder Hydra wrote (.hydra/, csv/): `folder` or above it
+
+    def __post_init__(self):
+        if self.run is None:
+            self.run = self.folder
 
     @property
     def seed(self) -> str | None:
@@ -102,6 +107,7 @@ def read_jobs(folder) -> list[Job]:
                         + _stopped_early(metrics),
                         metrics,
                         error,
+                        run=job,
                     )
                 )
             continue
